@@ -1,0 +1,1 @@
+"""The procq command-line interface."""

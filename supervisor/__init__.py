@@ -1,0 +1,1 @@
+"""The procq supervisor: event loop, fork server, workers and enforcement."""
