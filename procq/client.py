@@ -14,8 +14,6 @@ import os
 import time
 from typing import Any, Iterable
 
-import zmq
-
 from procq import addresses, options, protocol
 from procq.errors import (InvalidTask, PermissionDenied, ProcqError, SupervisorUnavailable,
                           WaitTimeout)
@@ -34,8 +32,8 @@ class Client:
         self.address = addresses.socket_path(address or addresses.default_client_address())
         self.connect_timeout = float(connect_timeout)
         self._endpoint = "ipc://" + self.address
-        self._context: zmq.Context | None = None
-        self._socket: zmq.Socket | None = None
+        self._context = None
+        self._socket = None
         self._pid = os.getpid()
         self._request_ids = itertools.count(1)
 
@@ -55,7 +53,9 @@ class Client:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    def _connect(self) -> zmq.Socket:
+    def _connect(self):
+        import zmq  # Imported here so that `import procq` stays fast for the CLI's --help.
+
         if self._pid != os.getpid():
             # A Client copied into a forked child must not use the parent's ZeroMQ context.
             self._socket = None
@@ -95,6 +95,8 @@ class Client:
             self._socket = None
 
     def _call(self, op: str, reply_timeout: float | None = None, **params: Any) -> Any:
+        import zmq
+
         sock = self._connect()
         request_id = next(self._request_ids)
         params.update(id=request_id, op=op)
