@@ -1,0 +1,1 @@
+"""Small CPU-heavy procq applications; `procq demo` runs stdlib_crunch."""
