@@ -133,4 +133,5 @@ class App:
                 "max_memory": self.default_max_memory if handler.max_memory is None else handler.max_memory,
                 "queue": handler.queue,
             }
-        return {"name": self.name, "handlers": handlers}
+        return {"name": self.name, "handlers": handlers,
+                "custom_retry_delay": self.retry_delay is not asynq_retry_delay}
