@@ -18,7 +18,7 @@ def to_iso(timestamp: float | None) -> str | None:
     """Format a POSIX timestamp as ISO 8601 UTC with microseconds, e.g. 2026-12-04T20:42:00.123456Z."""
     if timestamp is None:
         return None
-    return to_datetime(timestamp).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return dt.datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def parse_iso(text: str | None) -> dt.datetime | None:

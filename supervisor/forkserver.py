@@ -212,7 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--app", required=True)
     parser.add_argument("--supervisor-pid", type=int, required=True)
+    parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
+    from procq.supervisor.logsetup import configure_logging
+
+    configure_logging(args.log_level)
     sock = socket.socket(fileno=args.fd)
     return serve(sock, args.app, args.supervisor_pid)
 

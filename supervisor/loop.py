@@ -92,6 +92,7 @@ class Supervisor:
         self.next_spawn_mono = 0.0
         self.next_sample_mono = 0.0
         self.next_purge_mono = clock.monotonic() + config.purge_interval_s
+        self.next_extend_mono = 0.0
         self.stops = {"soft": 0, "kill": 0}
 
     # == the loop ======================================================================
@@ -365,10 +366,10 @@ class Supervisor:
 
     def read_workers(self) -> None:
         for _ in range(MAX_MESSAGES_PER_TURN):
-            try:
-                frames = self.workers_socket.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            # Checking EVENTS first is cheaper than a non-blocking recv that raises zmq.Again.
+            if not self.workers_socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 return
+            frames = self.workers_socket.recv_multipart(zmq.NOBLOCK)
             worker = self.pool.workers.get(frames[0].decode(errors="replace"))
             if worker is None or len(frames) != 2:
                 continue
@@ -422,7 +423,9 @@ class Supervisor:
             retry_delay_s=report.get("retry_delay_s"),
         )
         worker.attempt = None
-        if outcome != states.SUCCEEDED:
+        if outcome == states.SUCCEEDED:
+            log.debug("task %s: attempt %d succeeded in worker %d", attempt.task_id, attempt.counted, worker.pid)
+        else:
             log.info("task %s: attempt %d ended %s in worker %d; task is now %s", attempt.task_id,
                      attempt.counted, outcome, worker.pid, new_state)
         if report.get("retire"):
@@ -452,10 +455,9 @@ class Supervisor:
 
     def read_control(self) -> None:
         for _ in range(MAX_MESSAGES_PER_TURN):
-            try:
-                frames = self.control_socket.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            if not self.control_socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 return
+            frames = self.control_socket.recv_multipart(zmq.NOBLOCK)
             control.handle(self, frames)
 
     def reply(self, identity: bytes, envelope: bool, message: dict) -> None:
@@ -567,6 +569,8 @@ class Supervisor:
             worker.attempt = attempt
             worker.state = BUSY
             self.send_to_worker(worker, frame)
+            log.debug("task %s: attempt %d dispatched to worker %d (queue %s)", attempt.task_id,
+                      attempt.counted, worker.pid, attempt.queue)
             if attempt.soft_target_mono is not None:
                 self.enforcer.schedule(attempt.soft_target_mono, SOFT, attempt)
 
@@ -695,11 +699,14 @@ class Supervisor:
                 self.exit_code = 1
                 self.shutdown_started = self.clock.monotonic()
                 self.shutdown_stopping = True
-        self.notifier.status(self.status_line())
-        self.notifier.flush_status()
+        if self.notifier.enabled:
+            self.notifier.status(self.status_line())
+            self.notifier.flush_status()
         self.notifier.watchdog_if_due()
-        if self.shutdown_started is not None and not self.finished:
-            # The stop is within its configured bounds: ask systemd for a little more time.
+        now = self.clock.monotonic()
+        if self.shutdown_started is not None and not self.finished and now >= self.next_extend_mono:
+            # The stop is within its configured bounds: ask systemd for time to finish it.
+            self.next_extend_mono = now + 1.0
             self.notifier.extend_timeout(self.config.shutdown_timeout_s + self.config.max_grace_s + 5)
 
     def status_line(self) -> str:

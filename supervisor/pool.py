@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from procq.supervisor import channel, procfs
+from procq.supervisor import channel, procfs, proctree
 from procq.supervisor.attempt import Attempt
 from procq.supervisor.worker import MARKER_VARIABLE, SOFT_SIGNAL
 
@@ -115,7 +115,8 @@ class Pool:
         """
         parent_end, child_end = channel.socketpair()
         command = [sys.executable, "-m", "procq.supervisor.forkserver", "--fd", str(child_end.fileno()),
-                   "--app", self.app_spec, "--supervisor-pid", str(os.getpid())]
+                   "--app", self.app_spec, "--supervisor-pid", str(os.getpid()),
+                   "--log-level", logging.getLevelName(logging.getLogger("procq").getEffectiveLevel())]
         process = subprocess.Popen(command, pass_fds=[child_end.fileno()], close_fds=True)
         child_end.close()
         return self._add_fork_server(process.pid, parent_end, process)
@@ -222,8 +223,6 @@ class Pool:
 
     def kill_tree(self, worker: WorkerHandle, attempt: Attempt | None) -> int:
         """SIGKILL the worker and every process attributed to it; return how many others died."""
-        from procq.supervisor import proctree
-
         killed_others = 0
         if worker.cgroup is not None and self.cgroups is not None:
             try:
@@ -243,17 +242,16 @@ class Pool:
         Each leftover is killed through its own pidfd, never through the worker's
         process group, and the worker itself is spared.
         """
-        from procq.supervisor import proctree
-
         if worker.cgroup is not None and self.cgroups is not None:
+            procs_file = os.path.join(worker.cgroup, "cgroup.procs")
+            if procfs.read_pids(procs_file) == [worker.pid]:
+                return 0  # The usual case, checked with one small read.
+
             def collect_group():
-                try:
-                    pids = set(self.cgroups.procs(worker.cgroup)) - {worker.pid}
-                except OSError:
-                    return set()
+                pids = set(self.cgroups.procs(worker.cgroup, recursive=True)) - {worker.pid}
                 return {ref for ref in map(proctree.ref, pids) if ref is not None}
 
-            return proctree.kill_until_gone(collect_group) if collect_group() else 0
+            return proctree.kill_until_gone(collect_group)
 
         # Fast path: no child of the worker, and no orphan adopted by the fork server.
         server = self.fork_servers.get(worker.generation)
@@ -283,8 +281,6 @@ class Pool:
 
     def _attributed(self, worker: WorkerHandle, attempt: Attempt | None):
         """Every live process attributed to a worker, without a cgroup to ask."""
-        from procq.supervisor import proctree
-
         found = proctree.marked_prefix(MARKER_VARIABLE, worker.marker + "/")
         if worker.pid is not None:
             found |= proctree.descendants(worker.pid)

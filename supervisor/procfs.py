@@ -23,3 +23,17 @@ def direct_children(pid: int) -> list[int]:
         except OSError:
             continue
     return children
+
+
+def read_pids(path: str) -> list[int]:
+    """Return the pids listed in a file such as cgroup.procs, or [] if it is gone."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return []
+    try:
+        return [int(item) for item in os.read(fd, 1 << 16).split()]
+    except OSError:
+        return []
+    finally:
+        os.close(fd)

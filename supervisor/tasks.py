@@ -273,15 +273,18 @@ class TaskBook:
             exit_signal=exit_signal, exit_code=exit_code, children_killed=attempt.children_killed,
             error=error,
         )
+        kept: dict[str, Any] = {}
         if result_json is not None:
-            self.store.update_task(attempt.task_id, result=result_json)
+            kept["result"] = result_json
         if error is not None:
-            self.store.update_task(attempt.task_id, error=error)
+            kept["error"] = error
 
         if outcome == states.SUCCEEDED:
             self.dispatcher.forget_deadline(attempt.task_id)
-            self._finalize(attempt.task_id, states.COMPLETED, states.SUCCEEDED, error=None)
+            self._finalize(attempt.task_id, states.COMPLETED, states.SUCCEEDED, error=None, **kept)
             return states.COMPLETED
+        if kept:
+            self.store.update_task(attempt.task_id, **kept)
         if outcome == states.SHUTDOWN:
             # A graceful stop interrupted it: back to the head of its queue, attempt not counted.
             self.store.update_task(attempt.task_id, state=states.PENDING, attempt=attempt.counted - 1)
