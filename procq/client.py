@@ -123,13 +123,19 @@ class Client:
     # -- tasks ------------------------------------------------------------------------
 
     def enqueue(self, name: str, args: Iterable = (), kwargs: dict | None = None, *,
-                queue: str = "default", timeout=None, deadline=None, grace=None,
+                queue: str | None = None, timeout=None, deadline=None, grace=None,
                 max_retry: int | None = None, max_memory: int | None = None,
                 task_id: str | None = None, process_in=None, process_at=None,
                 retention=None) -> TaskInfo:
-        """Store a task and return its record once the supervisor has committed it."""
+        """Store a task and return its record once the supervisor has committed it.
+
+        `queue` None means the handler's own queue, else "default". Durations (`timeout`,
+        `grace`, `process_in`, `retention`) are seconds or timedeltas; `deadline` and
+        `process_at` are aware datetimes or POSIX timestamps; `max_memory` is in bytes.
+        Options left None inherit the handler's, then the App's defaults.
+        """
         request = options.client_request(
-            name, args if isinstance(args, (list, tuple)) else args, kwargs, queue=queue,
+            name, args, kwargs, queue=queue,
             timeout=timeout, deadline=deadline, grace=grace, max_retry=max_retry,
             max_memory=max_memory, task_id=task_id, process_in=process_in,
             process_at=process_at, retention=retention,

@@ -67,7 +67,7 @@ def _check_json(option: str, value: Any) -> None:
         raise InvalidTask(f"invalid {option}: not JSON-serializable ({exc})") from None
 
 
-def client_request(name: Any, args: Any = (), kwargs: Any = None, *, queue: Any = "default",
+def client_request(name: Any, args: Any = (), kwargs: Any = None, *, queue: Any = None,
                    timeout: Any = None, deadline: Any = None, grace: Any = None,
                    max_retry: Any = None, max_memory: Any = None, task_id: Any = None,
                    process_in: Any = None, process_at: Any = None, retention: Any = None,
@@ -136,8 +136,8 @@ def check_request(request: Any, *, now: float | None = None) -> dict[str, Any]:
     if kwargs is not None and not isinstance(kwargs, dict):
         raise InvalidTask("invalid kwargs: expected a JSON object")
 
-    queue = request.get("queue", "default")
-    if not isinstance(queue, str) or not _IDENT.match(queue):
+    queue = request.get("queue")
+    if queue is not None and (not isinstance(queue, str) or not _IDENT.match(queue)):
         raise InvalidTask(
             f"invalid queue: {queue!r}; use 1-200 letters, digits and _.:@/+=- starting with a letter or digit"
         )

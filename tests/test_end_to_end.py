@@ -399,3 +399,22 @@ def test_wait_survives_supervisor_restart(start_supervisor, tmpdir_short):
     done = client.wait(task.id, timeout=60)
     client.close()
     assert done.state == "completed"
+
+
+def test_handler_queue_is_default_queue(start_supervisor, tmpdir_short):
+    app_dir = os.path.join(tmpdir_short, "app")
+    os.makedirs(os.path.join(app_dir, "queued_app"))
+    with open(os.path.join(app_dir, "queued_app", "__init__.py"), "w") as file:
+        file.write("import procq\n"
+                   "app = procq.App('queued')\n"
+                   "@app.task('resize', queue='images')\n"
+                   "def resize(ctx):\n"
+                   "    return ctx.queue\n")
+    supervisor = start_supervisor(app="queued_app:app", workers=1,
+                                  env={"PYTHONPATH": f"{app_dir}:{ROOT}"})
+    client = supervisor.client()
+    own = client.wait(client.enqueue("resize").id, timeout=20)
+    assert own.queue == "images"
+    assert own.result == "images"
+    chosen = client.wait(client.enqueue("resize", queue="urgent").id, timeout=20)
+    assert chosen.queue == "urgent"
