@@ -1,11 +1,11 @@
 """Supervisor: the event loop that owns the store, the pool, the timers and the sockets.
 
-One thread runs everything. Each turn of the loop waits for any event (a control
-request, a worker message, a fork-server report, a worker's pidfd, a signal) or for the
-next timer, handles what is ready in a fixed order, commits the store once, and only
-then sends what the turn produced: tasks to workers and replies to clients. A task is
-therefore recorded active before its handler starts, and an enqueue is acknowledged
-only after it is durable.
+One thread runs everything. Each turn of the loop waits for the next event or timer:
+a control request, a worker message, a fork-server report, a worker's pidfd or a
+signal. It handles what is ready in a fixed order and commits the store once. Only
+then does it send what the turn produced, tasks to workers and replies to clients, so
+a task is recorded active before its handler starts and an enqueue is acknowledged
+only once it is durable.
 """
 
 from __future__ import annotations
