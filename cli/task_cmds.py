@@ -14,6 +14,8 @@ from procq.cli.errors import EXIT_FAILED, InvalidValue, report_task_error
 from procq.cli.groups import LazyGroup
 from procq.cli.parse import Count, Duration, State
 
+# Final states in the order of states.STATES: completed, failed, cancelled.
+FINAL_STATES = tuple(state for state in states.STATES if state in states.FINAL_STATES)
 # Tasks fetched per list request when a command walks a whole filtered set.
 PAGE_SIZE = 500
 
@@ -52,7 +54,7 @@ def task_group() -> None:
 @click.option("--state", "-s", "state_filter", type=State(), multiple=True,
               help="Only tasks in this state; repeat for several.")
 @click.option("--name", "-n", metavar="N", help="Only tasks of this handler name.")
-@click.option("--limit", type=Count(minimum=1), default=100, show_default=True,
+@click.option("--limit", type=Count(minimum=1), default=100, show_default=True, metavar="N",
               help="The maximum number of tasks listed.")
 @json_option
 @connection_options
@@ -96,7 +98,7 @@ def inspect_command(task_id: str, as_json: bool) -> None:
 
 @task_group.command("delete")
 @click.argument("task_ids", metavar="[ID]...", nargs=-1, shell_complete=complete_task_id)
-@click.option("--state", "-s", "state_filter", type=State(tuple(sorted(states.FINAL_STATES))),
+@click.option("--state", "-s", "state_filter", type=State(FINAL_STATES),
               help="Delete every task in this final state (instead of IDs).")
 @click.option("--older-than", type=Duration(), metavar="D",
               help="With --state: only tasks that finished longer ago than D (e.g. 7d).")
