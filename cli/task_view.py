@@ -92,11 +92,17 @@ def active_cells(task: TaskInfo, now: dt.datetime) -> list[str]:
 
 # -- inspect ----------------------------------------------------------------------------
 
+# JSON values longer than this on one line are printed indented over several lines.
+MAX_INLINE_JSON = 72
+
+
 def _json_text(value: Any) -> str:
     import json
 
-    return json.dumps(value, ensure_ascii=False, indent=2) if isinstance(value, (dict, list)) and value \
-        else json.dumps(value, ensure_ascii=False)
+    compact = json.dumps(value, ensure_ascii=False)
+    if len(compact) <= MAX_INLINE_JSON:
+        return compact
+    return json.dumps(value, ensure_ascii=False, indent=2)
 
 
 def _timeout_text(task: TaskInfo) -> str:
