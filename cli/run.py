@@ -78,6 +78,8 @@ def run_command(app, workers, socket_, db, queues, strict_priority, max_tasks_pe
                               worker_start_timeout_s=worker_start_timeout, use_cgroups=not no_cgroup)
     if workers is not None:
         config.workers = workers
+    # `procq --socket X supervisor run` works too: the root group keeps X in the context.
+    socket_ = socket_ or click.get_current_context().meta.get("procq.socket")
     if socket_:
         config.socket = socket_
     if db:

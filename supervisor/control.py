@@ -66,6 +66,20 @@ def _task_id(request: dict, key: str = "task_id") -> str:
     return value
 
 
+# A task id typed by a person may be cut short, as long as this many characters match one task.
+MIN_PREFIX_CHARS = 6
+
+
+def _resolve(supervisor, task_id: str) -> str:
+    """Return the full id of a task given its id or a unique prefix of at least MIN_PREFIX_CHARS."""
+    if supervisor.store.task_exists(task_id) or len(task_id) < MIN_PREFIX_CHARS:
+        return task_id
+    matches = supervisor.store.ids_with_prefix(task_id)
+    if len(matches) > 1:
+        raise InvalidTask(f"task id prefix {task_id!r} matches several tasks; give more characters")
+    return matches[0] if matches else task_id
+
+
 def _hold(request: dict) -> float:
     value = request.get("hold_s", 0)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -91,13 +105,13 @@ def op_enqueue(supervisor, request, identity, envelope):
 
 
 def op_get(supervisor, request, identity, envelope):
-    return _get_task(supervisor, _task_id(request))
+    return _get_task(supervisor, _resolve(supervisor, _task_id(request)))
 
 
 def op_wait(supervisor, request, identity, envelope):
     from procq.supervisor.loop import Waiter
 
-    task_id = _task_id(request)
+    task_id = _resolve(supervisor, _task_id(request))
     hold = _hold(request)
     data = _get_task(supervisor, task_id)
     if data["state"] in states.FINAL_STATES or hold == 0:
@@ -128,7 +142,7 @@ def op_list(supervisor, request, identity, envelope):
 
 
 def op_cancel(supervisor, request, identity, envelope):
-    task_id = _task_id(request)
+    task_id = _resolve(supervisor, _task_id(request))
     data = _get_task(supervisor, task_id)
     previous = data["state"]
     if previous in states.FINAL_STATES:
@@ -151,6 +165,7 @@ def op_delete(supervisor, request, identity, envelope):
     task_ids = request.get("task_ids")
     if not isinstance(task_ids, list) or not all(isinstance(item, str) for item in task_ids):
         raise InvalidTask(f"invalid task_ids: {task_ids!r}; expected a list of task ids")
+    task_ids = [_resolve(supervisor, task_id) for task_id in task_ids]
     for task_id in task_ids:
         row = supervisor.store.task_row(task_id)
         if row is None:
@@ -164,7 +179,7 @@ def op_delete(supervisor, request, identity, envelope):
 
 
 def op_retry(supervisor, request, identity, envelope):
-    return supervisor.tasks.copy_task(_task_id(request))
+    return supervisor.tasks.copy_task(_resolve(supervisor, _task_id(request)))
 
 
 def _queue_name(request: dict) -> str:

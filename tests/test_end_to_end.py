@@ -418,3 +418,12 @@ def test_handler_queue_is_default_queue(start_supervisor, tmpdir_short):
     assert own.result == "images"
     chosen = client.wait(client.enqueue("resize", queue="urgent").id, timeout=20)
     assert chosen.queue == "urgent"
+
+
+def test_task_id_prefix_resolves(client):
+    task = client.enqueue("echo", [1])
+    done = client.wait(task.id[:8], timeout=20)
+    assert done.id == task.id
+    assert client.get(task.id[:10]).id == task.id
+    with pytest.raises(procq.TaskNotFound):
+        client.get(task.id[:3])

@@ -168,6 +168,13 @@ class SQLiteStore:
 
     # -- tasks ------------------------------------------------------------------------
 
+    def ids_with_prefix(self, prefix: str, limit: int = 2) -> list[str]:
+        """Return up to `limit` task ids that start with `prefix`, for short ids typed by people."""
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        rows = self._db.execute("SELECT id FROM tasks WHERE id LIKE ? ESCAPE '\\' LIMIT ?",
+                                (escaped + "%", limit)).fetchall()
+        return [row[0] for row in rows]
+
     def task_exists(self, task_id: str) -> bool:
         return self._db.execute("SELECT 1 FROM tasks WHERE id=?", (task_id,)).fetchone() is not None
 
