@@ -74,8 +74,9 @@ def backtrack(ctx: procq.Context, n: int) -> dict:
     try:
         match = re.match(r"(a+)+$", "a" * n + "b")
     except procq.TaskCancelled as exc:
-        logger.info("task %s: backtracking with n=%d stopped after %.2f s (reason: %s)",
-                    ctx.task_id, n, time.perf_counter() - started, exc.reason)
+        # procq's worker logging prefixes each line with the task id.
+        logger.info("backtracking with n=%d stopped after %.2f s (reason: %s)",
+                    n, time.perf_counter() - started, exc.reason)
         raise
 
     return {"n": n, "matched": match is not None, "seconds": time.perf_counter() - started}
