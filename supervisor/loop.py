@@ -416,7 +416,8 @@ class Supervisor:
             worker.state = RETIRING
             return
 
-        attempt.children_killed += self.pool.kill_leftovers(worker, attempt)
+        leftovers = self.pool.kill_leftovers(worker, attempt)
+        attempt.children_killed += leftovers
         outcome = attempt.stop_reason or _report_outcome(report)
         new_state = self.tasks.finish_attempt(
             attempt, outcome, result_json=_result_json(report), error=report.get("error"),
@@ -430,7 +431,9 @@ class Supervisor:
                      attempt.counted, outcome, worker.pid, new_state)
         if report.get("retire"):
             worker.state = RETIRING   # It exits by itself (threads left running).
-        elif self.worker_should_retire(worker):
+        elif leftovers or self.worker_should_retire(worker):
+            # A killed child of the worker stays a zombie until its parent waits for it or
+            # exits. Replace the worker: the fork server, as subreaper, then reaps the child.
             self.retire_worker(worker)
         else:
             worker.state = IDLE

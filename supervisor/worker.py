@@ -119,11 +119,20 @@ class Worker:
         if first and self.in_handler:
             raise TaskCancelled(reason)
 
-    def _discard_stale_stops(self) -> None:
+    def _discard_stale_stops(self, key: tuple[str, int]) -> str | None:
+        """Drop stop records and pending soft signals of ended attempts; return the stop reason of `key`.
+
+        A stop for the attempt about to start can arrive before it starts (a cancel right
+        after dispatch), so its record is kept and returned instead of dropped.
+        """
         self._read_stop_records()
+        reason = self.stop_records.get(key)
         self.stop_records.clear()
+        if reason is not None:
+            self.stop_records[key] = reason
         while signal.sigtimedwait({SOFT_SIGNAL}, 0) is not None:
             pass
+        return reason
 
     # -- tasks ------------------------------------------------------------------------
 
@@ -166,7 +175,7 @@ class Worker:
             send_progress=lambda update: self._send_progress(key, update),
         )
         os.environ[MARKER_VARIABLE] = f"{self.marker}/{task['id']}/{task['run']}"
-        self._discard_stale_stops()
+        early_stop = self._discard_stale_stops(key)
         self.restore_signal_state()
         self.current = key
 
@@ -175,6 +184,10 @@ class Worker:
             try:
                 if handler is None:
                     raise LookupError(f"handler {task['name']!r} is not registered in this worker's application")
+                if early_stop is not None:
+                    # Stopped before it started: the handler does not run at all.
+                    self.context._request_stop(early_stop)
+                    raise TaskCancelled(early_stop)
                 self.in_handler = True
                 signal.pthread_sigmask(signal.SIG_SETMASK, set())
                 value = handler.function(self.context, *task["args"], **task["kwargs"])

@@ -274,14 +274,7 @@ def test_timeout_kills_handler_children(start_supervisor, isolation, handler):
     assert_pool_full(client, 2)
 
 
-LEFTOVER_ZOMBIE = pytest.mark.xfail(
-    strict=True, reason="the killed child of the worker stays its zombie until the worker exits; "
-    "proposed fix in /tmp/patches/enforcement-1.diff")
-
-
-@pytest.mark.parametrize("handler", [pytest.param("popen_sleep", marks=LEFTOVER_ZOMBIE),
-                                     pytest.param("setsid_child", marks=LEFTOVER_ZOMBIE),
-                                     "double_fork"])
+@pytest.mark.parametrize("handler", ["popen_sleep", "setsid_child", "double_fork"])
 def test_return_kills_leftover_children(start_supervisor, isolation, handler):
     supervisor, client = start_pool(start_supervisor, isolation)
     marker = new_marker()
@@ -419,8 +412,6 @@ def test_cancel_active_task_kill(start_supervisor, isolation):
     assert_pool_full(client, 2)
 
 
-@pytest.mark.xfail(strict=True, reason="the worker drops a stop record that arrives before its "
-                   "attempt starts; proposed fix in /tmp/patches/enforcement-2.diff")
 def test_cancel_right_after_dispatch_stops_softly(start_supervisor):
     supervisor, client = start_pool(start_supervisor)
     stopped_by = []
