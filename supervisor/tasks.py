@@ -10,8 +10,8 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import os
 import random
-import uuid
 from typing import Any
 
 from procq import options, states
@@ -91,7 +91,7 @@ class TaskBook:
                 row = self._new_row(request)
                 if row["id"] in seen:
                     raise DuplicateTask(f"duplicate task_id {row['id']!r} within one enqueue_many")
-                if self.store.task_exists(row["id"]):
+                if request.get("task_id") and self.store.task_exists(row["id"]):
                     raise DuplicateTask(f"task {row['id']!r} already exists", self.store.task_dict(row["id"]))
             except (InvalidTask, PayloadTooLarge, DuplicateTask) as exc:
                 if many:
@@ -142,7 +142,7 @@ class TaskBook:
             process_at = now + request["process_in_s"]
         scheduled = process_at is not None and process_at > now
         return {
-            "id": request.get("task_id") or uuid.uuid4().hex,
+            "id": request.get("task_id") or os.urandom(16).hex(),
             "name": name,
             "queue": request.get("queue") or handler.get("queue") or "default",
             "state": states.SCHEDULED if scheduled else states.PENDING,
