@@ -150,6 +150,11 @@ class Supervisor:
         candidates.extend(waiter.expires_mono for waiter in self.idle_waiters)
         if self.consecutive_failures:
             candidates.append(self.next_spawn_mono)
+        if not self.ready_sent:
+            candidates.append(self.started_mono + self.config.worker_start_timeout_s)
+        for worker in self.pool.workers.values():
+            if worker.state in (pool_module.SPAWNING, STARTING):
+                candidates.append(worker.spawned_mono + self.config.worker_start_timeout_s)
         if self.outbox:
             candidates.append(now)
         return max(0, int((min(candidates) - now) * 1000) + 1)
@@ -353,16 +358,17 @@ class Supervisor:
                  attempt.counted, outcome, worker.pid, _describe_exit(worker.exit_code, worker.exit_signal),
                  new_state)
         if new_state == states.RETRY and "retry_delay_s" not in report and self.tasks.custom_retry_delay:
-            self.request_retry_delay(attempt, error)
+            self.request_retry_delay(attempt.task_id, attempt.run, attempt.counted, error)
 
-    def request_retry_delay(self, attempt, error: str | None) -> None:
+    def request_retry_delay(self, task_id: str, run: int, counted: int, error: str | None) -> None:
+        """Ask the fork server for the application's retry_delay; the reply reschedules the task."""
         from procq.supervisor import channel
 
         server = self.pool.active_server()
         if server is None:
             return
-        channel.send(server.sock, {"op": "retry_delay", "task_id": attempt.task_id, "run": attempt.run,
-                                   "attempt": attempt.counted, "error": error})
+        channel.send(server.sock, {"op": "retry_delay", "task_id": task_id, "run": run,
+                                   "attempt": counted, "error": error})
 
     def read_workers(self) -> None:
         for _ in range(MAX_MESSAGES_PER_TURN):
@@ -388,8 +394,15 @@ class Supervisor:
             elif kind == "ready":
                 self.on_worker_ready(worker)
             elif kind == "start_failed":
-                self.record_start_failure(f"on_worker_start hook failed in worker {worker.pid}:\n"
-                                          f"{message.get('error', '')}")
+                error = f"on_worker_start hook failed in worker {worker.pid}:\n{message.get('error', '')}"
+                if worker.state == DEAD:
+                    # Its exit, read earlier in this turn, was already counted as the failure.
+                    self.last_worker_error = error
+                    log.error("worker failed to start: %s", error)
+                else:
+                    self.record_start_failure(error)
+                    # It exits now, and RETIRING keeps on_worker_died from counting that exit again.
+                    worker.state = RETIRING
 
     def on_worker_ready(self, worker: WorkerHandle) -> None:
         worker.ever_ready = True
@@ -636,6 +649,7 @@ class Supervisor:
             return
         for handle in self.pool.fork_servers.values():
             self.pool.close_server(handle)
+        self.pool.wait_servers(timeout_s=5.0)
         self.finished = True
         log.info("graceful stop complete")
 
@@ -696,7 +710,8 @@ class Supervisor:
                 self.notifier.ready(status=self.status_line())
                 log.info("ready: %d workers starting, %d tasks pending", len(self.pool.workers),
                          self.dispatcher.pending_count())
-            elif self.clock.monotonic() - self.started_mono > self.config.worker_start_timeout_s:
+            elif self.shutdown_started is None and \
+                    self.clock.monotonic() - self.started_mono > self.config.worker_start_timeout_s:
                 log.error("no worker became ready within %.0f s: %s", self.config.worker_start_timeout_s,
                           self.last_worker_error or "unknown reason")
                 self.exit_code = 1

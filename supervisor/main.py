@@ -167,6 +167,10 @@ def _serve(config, store, pool, cgroups, wake_read, wake_write, workers_endpoint
     os.chmod(socket_path, 0o660)
     supervisor.tasks.set_application(ready["app"])
     recovered = supervisor.tasks.recover()
+    if supervisor.tasks.custom_retry_delay:
+        # As for a worker lost while the supervisor runs, the application's retry_delay decides.
+        for task_id, run, counted, error in supervisor.tasks.recovered_retries:
+            supervisor.request_retry_delay(task_id, run, counted, error)
     waiting = supervisor.tasks.load_waiting()
     store.commit()
     log.info("store %s open: %d interrupted attempts recovered, %d tasks waiting", store.path, recovered, waiting)

@@ -119,6 +119,8 @@ class Pool:
                    "--log-level", logging.getLevelName(logging.getLogger("procq").getEffectiveLevel())]
         process = subprocess.Popen(command, pass_fds=[child_end.fileno()], close_fds=True)
         child_end.close()
+        # The loop reads the channel until BlockingIOError, like the first fork server's.
+        parent_end.setblocking(False)
         return self._add_fork_server(process.pid, parent_end, process)
 
     def _add_fork_server(self, pid: int, sock, process) -> ForkServerHandle:
@@ -149,6 +151,30 @@ class Pool:
         handle.state = "gone"
         handle.sock.close()
         log.info("fork server %d closed (generation %d)", handle.pid, handle.generation)
+
+    def wait_servers(self, timeout_s: float) -> None:
+        """Wait until every fork server has exited and is reaped, for at most `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        for handle in self.fork_servers.values():
+            while time.monotonic() < deadline:
+                if handle.process is not None:
+                    if handle.process.poll() is not None:
+                        break
+                else:
+                    try:
+                        pid, _status = os.waitpid(handle.pid, os.WNOHANG)
+                    except ChildProcessError:
+                        break
+                    if pid:
+                        break
+                time.sleep(0.01)
+            else:
+                log.warning("fork server %d still running %.0f s after exit was requested; killing it",
+                            handle.pid, timeout_s)
+                try:
+                    os.kill(handle.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
     def reap_servers(self) -> None:
         """Reap fork servers that exited (they are the supervisor's children)."""

@@ -41,6 +41,8 @@ class TaskBook:
         self.active: dict[str, Attempt] = {}
         self.finalized: list[str] = []
         self.finish_times: collections.deque[float] = collections.deque()
+        # (task id, run, attempt, error) of recovered tasks that went to retry.
+        self.recovered_retries: list[tuple[str, int, int, str]] = []
 
     def set_application(self, description: dict[str, Any]) -> None:
         self.handlers = description["handlers"]
@@ -59,8 +61,10 @@ class TaskBook:
             log.warning("task %s: attempt %d was active when the supervisor stopped; recorded as worker_lost",
                         row["id"], row["runs"])
             deadline_mono = None if row["deadline_at"] is None else self.clock.to_monotonic(row["deadline_at"])
-            self._after_failure(row["id"], row["queue"], row["attempt"], row["max_retry"], deadline_mono,
-                                states.WORKER_LOST, error, None)
+            new_state = self._after_failure(row["id"], row["queue"], row["attempt"], row["max_retry"],
+                                            deadline_mono, states.WORKER_LOST, error, None)
+            if new_state == states.RETRY:
+                self.recovered_retries.append((row["id"], row["runs"], row["attempt"], error))
         return len(rows)
 
     def load_waiting(self) -> int:

@@ -28,10 +28,6 @@ SERVICE_APP = "tests.apps.service:app"
 BROKEN_START_APP = "tests.apps.broken_start:app"
 STATUS_LINE = re.compile(r"^\d+ busy, \d+ idle workers; \d+ pending")
 
-EXEC_SERVER_HANGS = pytest.mark.xfail(
-    strict=True, reason="the supervisor hangs once it starts a fork server by exec (reload or crash): "
-    "that channel is blocking, so read_fork_servers blocks in recv after 'ready'")
-
 
 # -- helpers ---------------------------------------------------------------------------
 
@@ -182,7 +178,6 @@ def test_notify_ready_watchdog_stop(start_supervisor, notify_listener):
     assert sum(1 for fields in messages if fields.get("READY") == "1") == 1
 
 
-@EXEC_SERVER_HANGS
 def test_notify_reloading_then_ready(start_supervisor, notify_listener):
     listener = notify_listener("path")
     supervisor = start_supervisor(workers=1, env={"NOTIFY_SOCKET": listener.notify_socket})
@@ -343,7 +338,6 @@ def start_reloadable(start_supervisor, directory: str):
     return start_supervisor(directory, app="reloadable_app:app", workers=1, env=env)
 
 
-@EXEC_SERVER_HANGS
 def test_sighup_deploys_new_code(start_supervisor, tmpdir_short):
     supervisor = start_reloadable(start_supervisor, tmpdir_short)
     client = supervisor.client()
@@ -376,7 +370,6 @@ def test_sighup_deploys_new_code(start_supervisor, tmpdir_short):
         assert supervisor.stop(timeout=20) == 0
 
 
-@EXEC_SERVER_HANGS
 def test_sighup_with_broken_code_keeps_workers(start_supervisor, tmpdir_short):
     supervisor = start_reloadable(start_supervisor, tmpdir_short)
     client = supervisor.client()
@@ -406,7 +399,6 @@ def test_sighup_with_broken_code_keeps_workers(start_supervisor, tmpdir_short):
         assert supervisor.stop(timeout=20) == 0
 
 
-@EXEC_SERVER_HANGS
 def test_fork_server_crash_replaced(start_supervisor):
     supervisor = start_supervisor(workers=1)
     client = supervisor.client()
@@ -530,8 +522,6 @@ def test_sigkill_many_cycles_with_retries(start_supervisor, tmpdir_short):
     run_sigkill_cycles(start_supervisor, tmpdir_short, cycles=40, max_retry=2, seed=2, final_wait_s=180)
 
 
-@pytest.mark.xfail(strict=True, reason="TaskBook.recover schedules a retry of a recovered worker_lost "
-                   "attempt with asynq's default delay (16 s or more), not the application's retry_delay")
 def test_recovered_attempt_uses_retry_delay(start_supervisor, tmpdir_short):
     runs_file = os.path.join(tmpdir_short, "runs")
     supervisor = start_supervisor(tmpdir_short, app=SERVICE_APP, workers=1,
@@ -600,8 +590,6 @@ def test_failing_start_hook_backs_off(start_supervisor, tmpdir_short, notify_lis
     assert all(later > earlier for earlier, later in zip(gaps, gaps[1:])), gaps
 
 
-@pytest.mark.xfail(strict=True, reason="a worker whose on_worker_start hook raised is counted twice, and "
-                   "its exit before ready overwrites last_worker_error, which loses the hook's exception")
 def test_failing_start_hook_in_status(start_supervisor, tmpdir_short):
     supervisor = start_broken(start_supervisor, tmpdir_short)
     client = supervisor.client(connect_timeout=2)
