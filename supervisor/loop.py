@@ -502,8 +502,10 @@ class Supervisor:
         delivered = self.pool.send_stop(worker, attempt, reason)
         if worker.state == BUSY:
             worker.state = STOPPING
+        # The grace period counts from the signal actually sent, so a late soft signal never
+        # shortens the time the handler has to clean up.
         grace_s = min(attempt.grace_s, self.config.max_grace_s)
-        attempt.kill_target_mono = target_mono + grace_s
+        attempt.kill_target_mono = now_mono + grace_s
         self.enforcer.schedule(attempt.kill_target_mono, KILL, attempt)
         self.store.update_attempt(attempt.task_id, attempt.run, soft_signal_at=now,
                                   soft_lateness_s=attempt.soft_lateness_s)
@@ -557,7 +559,8 @@ class Supervisor:
             if used is not None and used > attempt.max_memory:
                 log.warning("task %s: worker %s uses %d bytes, over max_memory %d", attempt.task_id,
                             worker.pid, used, attempt.max_memory)
-                self.stop_attempt(attempt, states.MEMORY, now)
+                # The target is the moment the measurement showed the excess.
+                self.stop_attempt(attempt, states.MEMORY, self.clock.monotonic())
 
     # == waiting tasks and dispatch ====================================================
 

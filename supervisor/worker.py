@@ -125,13 +125,15 @@ class Worker:
         A stop for the attempt about to start can arrive before it starts (a cancel right
         after dispatch), so its record is kept and returned instead of dropped.
         """
+        # Drain the signal before reading the pipe: the supervisor writes a record before it
+        # signals, so a record that arrives after this read still has its signal pending.
+        while signal.sigtimedwait({SOFT_SIGNAL}, 0) is not None:
+            pass
         self._read_stop_records()
         reason = self.stop_records.get(key)
         self.stop_records.clear()
         if reason is not None:
             self.stop_records[key] = reason
-        while signal.sigtimedwait({SOFT_SIGNAL}, 0) is not None:
-            pass
         return reason
 
     # -- tasks ------------------------------------------------------------------------

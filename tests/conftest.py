@@ -145,10 +145,21 @@ def tmpdir_short():
     shutil.rmtree(directory, ignore_errors=True)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Attach the log of every supervisor a failed test started to its report."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for supervisor in getattr(item, "procq_supervisors", []):
+            report.sections.append((f"supervisor log {supervisor.log_path}", supervisor.log_text()[-8000:]))
+
+
 @pytest.fixture
-def start_supervisor():
+def start_supervisor(request):
     """Factory: start_supervisor(workers=2, extra_args=(), env={}, app=TEST_APP) -> SupervisorProcess."""
     started: list[SupervisorProcess] = []
+    request.node.procq_supervisors = started
     directories: list[str] = []
 
     def start(directory: str | None = None, *, wait_ready: bool = True, **kwargs) -> SupervisorProcess:

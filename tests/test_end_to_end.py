@@ -428,3 +428,19 @@ def test_task_id_prefix_resolves(client):
     assert client.get(task.id[:10]).id == task.id
     with pytest.raises(procq.TaskNotFound):
         client.get(task.id[:3])
+
+
+def test_strict_priority_drains_heavier_first(start_supervisor):
+    supervisor = start_supervisor(workers=1, extra_args=("--queues", "high=2,low=1", "--strict-priority"))
+    client = supervisor.client()
+    client.pause_queue("high")
+    client.pause_queue("low")
+    low = [client.enqueue("echo", [index], queue="low") for index in range(10)]
+    high = [client.enqueue("echo", [index], queue="high") for index in range(10)]
+    client.resume_queue("high")
+    client.resume_queue("low")
+    for task in low + high:
+        client.wait(task.id, timeout=30)
+    last_high = max(client.get(task.id).started_at for task in high)
+    first_low = min(client.get(task.id).started_at for task in low)
+    assert last_high <= first_low
