@@ -204,3 +204,10 @@ def print_output(ctx, text):
     print(text)
     sys.stderr.write(text + "\n")
     return text
+
+
+@app.task("child_ignored_signals")
+def child_ignored_signals(ctx):
+    """Return the SigIgn mask (hex) of a program the handler runs."""
+    output = subprocess.run(["grep", "SigIgn", "/proc/self/status"], capture_output=True, text=True, check=True)
+    return output.stdout.split()[1]
