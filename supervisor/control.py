@@ -14,6 +14,7 @@ from typing import Any
 
 from procq import __version__, protocol, states
 from procq.errors import (InvalidTask, ProcqError, ProtocolError, TaskNotFinal, TaskNotFound)
+from procq.supervisor.waiters import Waiter
 
 log = logging.getLogger(__name__)
 
@@ -109,15 +110,13 @@ def op_get(supervisor, request, identity, envelope):
 
 
 def op_wait(supervisor, request, identity, envelope):
-    from procq.supervisor.loop import Waiter
-
     task_id = _resolve(supervisor, _task_id(request))
     hold = _hold(request)
     data = _get_task(supervisor, task_id)
     if data["state"] in states.FINAL_STATES or hold == 0:
         return data if data["state"] in states.FINAL_STATES else None
     expires = supervisor.clock.monotonic() + hold
-    supervisor.waiters[task_id].append(Waiter(identity, envelope, request.get("id"), expires))
+    supervisor.waiters.add(Waiter(identity, envelope, request.get("id"), expires, task_id))
     return _DEFERRED
 
 
@@ -297,13 +296,10 @@ def op_resume(supervisor, request, identity, envelope):
 
 
 def op_wait_idle(supervisor, request, identity, envelope):
-    from procq.supervisor.loop import Waiter
-
     hold = _hold(request)
     if not supervisor.tasks.active or hold == 0:
         return not supervisor.tasks.active
-    supervisor.idle_waiters.append(Waiter(identity, envelope, request.get("id"),
-                                          supervisor.clock.monotonic() + hold))
+    supervisor.waiters.add(Waiter(identity, envelope, request.get("id"), supervisor.clock.monotonic() + hold))
     return _DEFERRED
 
 

@@ -15,7 +15,6 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -27,20 +26,13 @@ from procq.supervisor.enforcer import KILL, SOFT, Enforcer
 from procq.supervisor.pool import (BUSY, DEAD, IDLE, RETIRING, STARTING, STOPPING, Pool,
                                    WorkerHandle)
 from procq.supervisor.tasks import TaskBook
+from procq.supervisor.waiters import Waiter, Waiters
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGES_PER_TURN = 2000
 SAMPLE_INTERVAL_S = 0.1
 MAX_BACKOFF_S = 30.0
-
-
-@dataclass
-class Waiter:
-    identity: bytes
-    envelope: bool
-    request_id: Any
-    expires_mono: float
 
 
 class Supervisor:
@@ -72,8 +64,7 @@ class Supervisor:
         self.workers_socket.bind(workers_endpoint)
 
         self.outbox: list[tuple[Any, list[bytes]]] = []
-        self.waiters: dict[str, list[Waiter]] = collections.defaultdict(list)
-        self.idle_waiters: list[Waiter] = []
+        self.waiters = Waiters()
         self.idle_workers: collections.deque[str] = collections.deque()
         self.signals: list[int] = []
         self.poller_dirty = True
@@ -145,9 +136,9 @@ class Supervisor:
                 candidates.append(when)
         if any(worker.attempt is not None for worker in self.pool.workers.values()):
             candidates.append(self.next_sample_mono)
-        for waiters in self.waiters.values():
-            candidates.extend(waiter.expires_mono for waiter in waiters)
-        candidates.extend(waiter.expires_mono for waiter in self.idle_waiters)
+        expiry = self.waiters.next_expiry()
+        if expiry is not None:
+            candidates.append(expiry)
         if self.consecutive_failures:
             candidates.append(self.next_spawn_mono)
         if not self.ready_sent:
@@ -674,37 +665,29 @@ class Supervisor:
         self.answer_waiters()
 
     def answer_waiters(self) -> None:
+        """Reply to held wait and wait_idle requests that this turn's commit resolved or that expired."""
         finalized, self.tasks.finalized = self.tasks.finalized, []
         for task_id in finalized:
-            waiters = self.waiters.pop(task_id, None)
+            waiters = self.waiters.for_task(task_id)
             if waiters:
                 data = self.store.task_dict(task_id)
                 for waiter in waiters:
-                    self.reply(waiter.identity, waiter.envelope, {"id": waiter.request_id, "ok": True, "data": data})
-        now = self.clock.monotonic()
-        for task_id in list(self.waiters):
-            expired = [w for w in self.waiters[task_id] if w.expires_mono <= now]
-            if expired:
-                self.waiters[task_id] = [w for w in self.waiters[task_id] if w.expires_mono > now]
-                for waiter in expired:
-                    self.reply(waiter.identity, waiter.envelope, {"id": waiter.request_id, "ok": True, "data": None})
-                if not self.waiters[task_id]:
-                    del self.waiters[task_id]
-        idle = not self.tasks.active
-        keep = []
-        for waiter in self.idle_waiters:
-            if idle or waiter.expires_mono <= now:
-                self.reply(waiter.identity, waiter.envelope, {"id": waiter.request_id, "ok": True, "data": idle})
-            else:
-                keep.append(waiter)
-        self.idle_waiters = keep
-        if self.outbox:
-            for sock, frames in self.outbox:
-                try:
-                    sock.send_multipart(frames, zmq.NOBLOCK)
-                except zmq.ZMQError as exc:
-                    log.warning("reply to %r not delivered: %s", frames[0], exc)
-            self.outbox.clear()
+                    self.reply_to(waiter, data)
+        if not self.tasks.active:
+            for waiter in self.waiters.idle():
+                self.reply_to(waiter, True)
+        for waiter in self.waiters.expired(self.clock.monotonic()):
+            # A wait that ends without a final task returns null; the client asks again.
+            self.reply_to(waiter, None if waiter.task_id is not None else not self.tasks.active)
+        for sock, frames in self.outbox:
+            try:
+                sock.send_multipart(frames, zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                log.warning("reply to %r not delivered: %s", frames[0], exc)
+        self.outbox.clear()
+
+    def reply_to(self, waiter: Waiter, data: Any) -> None:
+        self.reply(waiter.identity, waiter.envelope, {"id": waiter.request_id, "ok": True, "data": data})
 
     def notify_systemd(self) -> None:
         if not self.ready_sent:
