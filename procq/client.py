@@ -19,7 +19,7 @@ from procq.errors import (InvalidTask, PermissionDenied, ProcqError, SupervisorU
                           WaitTimeout)
 from procq.taskinfo import CancelResult, TaskInfo
 
-# The longest the supervisor holds one wait request, in seconds. Longer waits repeat it.
+# Maximum time the supervisor keeps one wait request open, in seconds. Longer waits repeat it.
 MAX_HOLD_S = 10.0
 
 
@@ -89,7 +89,7 @@ class Client:
             )
 
     def _reset(self) -> None:
-        # Drop a socket whose request timed out, so a late reply never answers the next call.
+        # Drop a socket whose request timed out, so a late reply is never read as the next call's.
         if self._socket is not None:
             self._socket.close(linger=0)
             self._socket = None
@@ -194,7 +194,12 @@ class Client:
     def list(self, queue: str | None = None, state: str | list[str] | None = None,
              name: str | None = None, limit: int = 100, offset: int = 0) -> list[TaskInfo]:
         """Return tasks, newest enqueued first, filtered by queue, state(s) and name."""
-        states = [state] if isinstance(state, str) else (list(state) if state else None)
+        if isinstance(state, str):
+            states = [state]
+        elif state:
+            states = list(state)
+        else:
+            states = None
         data = self._call("list", queue=queue, states=states, name=name, limit=limit, offset=offset)
         return [TaskInfo.from_dict(item) for item in data]
 

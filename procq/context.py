@@ -25,7 +25,7 @@ class TaskCancelled(BaseException):
 
 
 class Context:
-    """What a handler knows about the attempt it runs: ids, limits and the stop request."""
+    """The attempt a handler runs: its ids, its time limit and whether a stop was requested."""
 
     def __init__(self, *, task_id: str, name: str, queue: str, attempt: int,
                  deadline_at: float | None, deadline_monotonic: float | None,

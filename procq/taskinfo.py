@@ -133,7 +133,7 @@ class TaskInfo:
 
 @dataclasses.dataclass
 class CancelResult:
-    """What a cancel did: the task after it, its state before, and how it was stopped.
+    """The outcome of a cancel: the task after it, its state before, and how it was stopped.
 
     `stopped_by` is `none` (it never ran or had already ended), `soft` (the handler ended
     after the soft signal) or `kill` (the worker was killed after the grace period).

@@ -11,7 +11,7 @@ class Attempt:
     """One run of a task. Times named *_mono are monotonic; *_at are wall-clock POSIX seconds.
 
     `run` numbers every run of the task (attempt rows in the store); `counted` is the
-    task's attempt number as the handler sees it in ctx.attempt.
+    task's attempt number as the handler reads it from ctx.attempt.
     """
 
     task_id: str

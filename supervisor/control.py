@@ -121,11 +121,11 @@ def op_wait(supervisor, request, identity, envelope):
 
 
 def op_list(supervisor, request, identity, envelope):
-    wanted = request.get("states")
-    if wanted is not None:
-        if not isinstance(wanted, list) or not all(isinstance(item, str) for item in wanted):
-            raise InvalidTask(f"invalid states: {wanted!r}; expected a list of state names")
-        unknown = [item for item in wanted if item not in states.STATES]
+    requested_states = request.get("states")
+    if requested_states is not None:
+        if not isinstance(requested_states, list) or not all(isinstance(item, str) for item in requested_states):
+            raise InvalidTask(f"invalid states: {requested_states!r}; expected a list of state names")
+        unknown = [item for item in requested_states if item not in states.STATES]
         if unknown:
             raise InvalidTask(f"unknown state {unknown[0]!r}; expected one of {', '.join(states.STATES)}")
     limit, offset = request.get("limit", 100), request.get("offset", 0)
@@ -135,7 +135,7 @@ def op_list(supervisor, request, identity, envelope):
     for key in ("queue", "name"):
         if request.get(key) is not None and not isinstance(request.get(key), str):
             raise InvalidTask(f"invalid {key}: {request.get(key)!r}; expected a string")
-    rows = supervisor.store.list_rows(queue=request.get("queue"), states_=wanted, name=request.get("name"),
+    rows = supervisor.store.list_rows(queue=request.get("queue"), states_=requested_states, name=request.get("name"),
                                       limit=min(limit, MAX_LIST_LIMIT), offset=offset)
     return [supervisor.store.row_to_dict(row) for row in rows]
 

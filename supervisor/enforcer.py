@@ -1,6 +1,6 @@
 """Enforcer: the heap of soft-signal and SIGKILL times of running attempts.
 
-Each entry names one attempt (task id and run number); an entry whose attempt has
+Each entry names one attempt by task id and run number. An entry whose attempt has
 ended by the time it fires is dropped, so a timer never touches the worker's next task.
 """
 

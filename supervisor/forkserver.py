@@ -198,7 +198,7 @@ class ForkServer:
 
 
 def serve(sock, app_spec: str, supervisor_pid: int) -> int:
-    """Run a fork server on `sock` until the supervisor says exit or goes away."""
+    """Run a fork server on `sock` until the supervisor sends exit or closes the channel."""
     prctl.die_with_parent(supervisor_pid)
     prctl.become_subreaper()
     return ForkServer(sock, app_spec).serve()

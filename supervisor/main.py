@@ -2,9 +2,9 @@
 
 1. Fork the fork server first, while this process has no thread, ZeroMQ context or
    database connection that a fork could copy in a broken state.
-2. Lock the database and the socket path. lockf locks are not inherited by forks, so
-   the fork server holds none; a second supervisor on either path exits at once,
-   because libzmq would otherwise unlink the socket file and take it over.
+2. Lock the database and the socket path. Forks do not inherit lockf locks, so the
+   fork server has none. A second supervisor on either path exits at once, because
+   libzmq would otherwise unlink the socket file and bind it itself.
 3. Open and recover the store, wait until the application is imported, bind the
    sockets, kill processes left by an earlier run, and run the loop.
 """
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 class StartError(Exception):
-    """The supervisor cannot start; the message says why and what to do."""
+    """The supervisor cannot start; the message gives the reason and the fix."""
 
 
 def lock_file(path: str, what: str):

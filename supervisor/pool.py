@@ -1,4 +1,4 @@
-"""Pool: the fork servers and worker processes, as the supervisor sees them.
+"""Pool: the supervisor's records of its fork servers and worker processes.
 
 The pool owns the mechanics: asking a fork server for a worker, holding each worker's
 pidfd and stop pipe, signalling through pidfds, and killing a worker's process tree.
@@ -306,7 +306,7 @@ class Pool:
             return False
 
     def _attributed(self, worker: WorkerHandle, attempt: Attempt | None):
-        """Every live process attributed to a worker, without a cgroup to ask."""
+        """Return every live process attributed to a worker, for workers without a cgroup."""
         found = proctree.marked_prefix(MARKER_VARIABLE, worker.marker + "/")
         if worker.pid is not None:
             found |= proctree.descendants(worker.pid)

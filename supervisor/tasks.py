@@ -1,7 +1,7 @@
 """TaskBook: every task state change, written to the store and mirrored in the dispatcher.
 
 Nothing here commits: the supervisor's loop commits once per turn. Tasks that reach a
-final state during the turn are collected in `finalized`, so the loop can answer the
+final state during the turn are collected in `finalized`, so the loop can reply to the
 clients waiting for them after the commit.
 """
 
@@ -277,18 +277,18 @@ class TaskBook:
             exit_signal=exit_signal, exit_code=exit_code, children_killed=attempt.children_killed,
             error=error,
         )
-        kept: dict[str, Any] = {}
+        outputs: dict[str, Any] = {}
         if result_json is not None:
-            kept["result"] = result_json
+            outputs["result"] = result_json
         if error is not None:
-            kept["error"] = error
+            outputs["error"] = error
 
         if outcome == states.SUCCEEDED:
             self.dispatcher.forget_deadline(attempt.task_id)
-            self._finalize(attempt.task_id, states.COMPLETED, states.SUCCEEDED, error=None, **kept)
+            self._finalize(attempt.task_id, states.COMPLETED, states.SUCCEEDED, error=None, **outputs)
             return states.COMPLETED
-        if kept:
-            self.store.update_task(attempt.task_id, **kept)
+        if outputs:
+            self.store.update_task(attempt.task_id, **outputs)
         if outcome == states.SHUTDOWN:
             # A graceful stop interrupted it: back to the head of its queue, attempt not counted.
             self.store.update_task(attempt.task_id, state=states.PENDING, attempt=attempt.counted - 1)

@@ -1,7 +1,7 @@
 """Waiters: control requests held open until a task is final, no task is active, or they expire.
 
-A `wait` or `wait_idle` request is answered later, from the loop's end of turn, after
-the commit that made its answer true. Expiry times live in a heap, so a turn costs
+The loop replies to a `wait` or `wait_idle` request at the end of the turn whose
+commit made the reply true. Expiry times live in a heap, so a turn costs
 the same however many clients are waiting.
 """
 

@@ -1,6 +1,6 @@
 """The worker: runs one task at a time in a process forked by the fork server.
 
-A worker asks for work by reporting `ready` or a result, and the supervisor sends it
+A worker requests work by reporting `ready` or a result, and the supervisor sends it
 at most one task at a time. A stop arrives as a record in the worker's stop pipe
 followed by the soft signal (SIGUSR1): the record says which attempt and why, so a
 late signal for an attempt that already ended is recognised and dropped.
