@@ -115,6 +115,8 @@ def run(config: SupervisorConfig) -> int:
 
     socket_path = addresses.socket_path(config.socket)
     config.socket = socket_path
+    # Handlers inherit this, so procq.Client() in a handler reaches its own supervisor.
+    os.environ[addresses.SOCKET_ENV] = socket_path
     db_path = os.path.abspath(config.db)
     store_key = hashlib.sha1(db_path.encode()).hexdigest()[:12]
     run_id = f"{os.getpid()}.{int(time.time())}"

@@ -444,3 +444,11 @@ def test_strict_priority_drains_heavier_first(start_supervisor):
     last_high = max(client.get(task.id).started_at for task in high)
     first_low = min(client.get(task.id).started_at for task in low)
     assert last_high <= first_low
+
+
+def test_handler_enqueues_follow_up(client):
+    parent = client.wait(client.enqueue("enqueue_follow_up", ["next"]).id, timeout=20)
+    assert parent.state == "completed"
+    child = client.wait(parent.result, timeout=20)
+    assert child.state == "completed"
+    assert child.result["args"] == ["next"]

@@ -211,3 +211,10 @@ def child_ignored_signals(ctx):
     """Return the SigIgn mask (hex) of a program the handler runs."""
     output = subprocess.run(["grep", "SigIgn", "/proc/self/status"], capture_output=True, text=True, check=True)
     return output.stdout.split()[1]
+
+
+@app.task("enqueue_follow_up")
+def enqueue_follow_up(ctx, value):
+    """Enqueue an echo task from inside a handler and return its id."""
+    with procq.Client() as client:
+        return client.enqueue("echo", [value]).id
