@@ -230,8 +230,14 @@ def op_workers(supervisor, request, identity, envelope):
         cpu, rss, uss = None, None, None
         try:
             if worker.process is None:
+                # psutil's first cpu_percent(None) is always 0: give the average over the life so far.
                 worker.process = psutil.Process(worker.pid)
-            cpu = worker.process.cpu_percent(None)
+                worker.process.cpu_percent(None)
+                times = worker.process.cpu_times()
+                age_s = max(1e-3, time.time() - worker.process.create_time())
+                cpu = 100.0 * (times.user + times.system) / age_s
+            else:
+                cpu = worker.process.cpu_percent(None)
             info = worker.process.memory_full_info()
             rss, uss = info.rss, info.uss
         except (psutil.Error, OSError):
