@@ -96,6 +96,7 @@ class Supervisor:
         while not self.finished:
             ready = self.wait_for_events()
             self.turn_mono = self.clock.monotonic()
+            self.enforce_time_limits()      # first, so a busy turn never delays a due signal
             self.read_signals(ready)
             self.read_fork_servers(ready)
             self.read_worker_exits(ready)
@@ -139,7 +140,7 @@ class Supervisor:
         expiry = self.waiters.next_expiry()
         if expiry is not None:
             candidates.append(expiry)
-        if self.consecutive_failures:
+        if self.consecutive_failures or self.next_spawn_mono > now:
             candidates.append(self.next_spawn_mono)
         if not self.ready_sent:
             candidates.append(self.started_mono + self.config.worker_start_timeout_s)
@@ -294,7 +295,9 @@ class Supervisor:
     def read_worker_exits(self, ready: set) -> None:
         for pidfd in [fd for fd in ready if isinstance(fd, int) and fd in self.pool.by_pidfd]:
             worker = self.pool.by_pidfd[pidfd]
-            if worker.state != DEAD:
+            # Earlier in this turn a reaped worker's pidfd may have been closed and its number
+            # reused for a new worker's pidfd, so ask the pidfd itself before acting on the event.
+            if worker.state != DEAD and _pidfd_exited(pidfd):
                 self.on_worker_died(worker)
 
     def on_worker_died(self, worker: WorkerHandle) -> None:
@@ -396,9 +399,12 @@ class Supervisor:
                     worker.state = RETIRING
 
     def on_worker_ready(self, worker: WorkerHandle) -> None:
+        if worker.state in (DEAD, RETIRING):
+            return  # Its exit or retirement was handled already; a late ready changes nothing.
         worker.ever_ready = True
         worker.ready_mono = self.clock.monotonic()
         self.consecutive_failures = 0
+        self.next_spawn_mono = 0.0
         if worker.generation != self.pool.current_generation or self.shutdown_started is not None:
             self.retire_worker(worker)
             return
@@ -420,7 +426,7 @@ class Supervisor:
             worker.state = RETIRING
             return
 
-        leftovers = self.pool.kill_leftovers(worker, attempt)
+        leftovers = self.pool.kill_leftovers(worker, attempt, alone=report.get("alone"))
         attempt.children_killed += leftovers
         outcome = attempt.stop_reason or _report_outcome(report)
         new_state = self.tasks.finish_attempt(
@@ -741,6 +747,15 @@ class Supervisor:
         self.control_socket.close(linger=0)
         self.workers_socket.close(linger=0)
         self.zmq_context.term()
+
+
+def _pidfd_exited(pidfd: int) -> bool:
+    """Return True if the process behind a pidfd has exited (the pidfd polls readable)."""
+    import select
+
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _report_outcome(report: dict) -> str:

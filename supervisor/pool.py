@@ -262,16 +262,19 @@ class Pool:
             killed_others += proctree.kill_until_gone(lambda: self._attributed(worker, attempt))
         return killed_others
 
-    def kill_leftovers(self, worker: WorkerHandle, attempt: Attempt) -> int:
+    def kill_leftovers(self, worker: WorkerHandle, attempt: Attempt, *, alone: bool | None = None) -> int:
         """Kill what a handler that returned normally left running; return the count.
 
         Each leftover is killed through its own pidfd, never through the worker's
-        process group, and the worker itself is spared.
+        process group, and the worker itself is spared. `alone` is the worker's own
+        report that its cgroup held only itself after the handler returned.
         """
         if worker.cgroup is not None and self.cgroups is not None:
+            if alone:
+                return 0  # The usual case: the worker already read its cgroup.procs.
             procs_file = os.path.join(worker.cgroup, "cgroup.procs")
             if procfs.read_pids(procs_file) == [worker.pid]:
-                return 0  # The usual case, checked with one small read.
+                return 0
 
             def collect_group():
                 pids = set(self.cgroups.procs(worker.cgroup, recursive=True)) - {worker.pid}

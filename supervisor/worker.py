@@ -23,6 +23,7 @@ import traceback
 from typing import Any
 
 from procq.context import Context, TaskCancelled
+from procq.supervisor import procfs
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ class Worker:
         self.worker_id = request["worker_id"]
         self.marker = request["marker"]
         self.max_payload = request["max_payload"]
+        self.cgroup_procs = None
+        if request.get("cgroup"):
+            self.cgroup_procs = os.path.join(request["cgroup"], "cgroup.procs")
         self.stop_fd = stop_fd
         os.set_blocking(stop_fd, False)
         self.zmq_context = zmq.Context()
@@ -223,6 +227,9 @@ class Worker:
         retire = stopped or threads_left
         report = {"t": "result", "id": task["id"], "run": task["run"], "status": status,
                   "error": error, "retire": retire, "stopped": stopped}
+        if self.cgroup_procs is not None:
+            # Checked here, off the supervisor's thread: is this worker alone in its cgroup?
+            report["alone"] = procfs.read_pids(self.cgroup_procs) == [os.getpid()]
         if retry_delay_s is not None:
             report["retry_delay_s"] = retry_delay_s
         frame = json.dumps(report, separators=(",", ":"))
