@@ -18,6 +18,7 @@ import signal
 import subprocess
 import time
 
+import psutil
 import pytest
 
 import procq
@@ -398,7 +399,12 @@ def test_cancel_active_task_soft(start_supervisor, isolation):
 def test_cancel_active_task_kill(start_supervisor, isolation):
     supervisor, client = start_pool(start_supervisor, isolation)
     task = client.enqueue("ignore_cancel", timeout=60.0, grace=GRACE_S)
-    wait_state(client, task.id, "active")
+    active = wait_state(client, task.id, "active")
+    # A cancel that reaches the worker before the handler starts ends it softly, so wait
+    # until the handler is burning CPU in its loop.
+    worker = psutil.Process(active.worker_pid)
+    baseline = worker.cpu_times().user
+    wait_for(lambda: worker.cpu_times().user > baseline + 0.05, SETTLE_S, 0.01, "the handler to run")
 
     result = client.cancel(task.id)
 
