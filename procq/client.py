@@ -62,6 +62,7 @@ class Client:
             self._context = None
             self._pid = os.getpid()
         if self._socket is None:
+            self._check_exists()
             self._check_permission()
             if self._context is None:
                 self._context = zmq.Context()
@@ -70,6 +71,12 @@ class Client:
             sock.connect(self._endpoint)
             self._socket = sock
         return self._socket
+
+    def _check_exists(self) -> None:
+        if not os.path.exists(self.address):
+            raise SupervisorUnavailable(
+                f"no procq supervisor socket at {self.address}; start one with `procq supervisor run`, "
+                "or point the client elsewhere with --socket or PROCQ_SOCKET", self.address)
 
     def _check_permission(self) -> None:
         # ZeroMQ retries a refused ipc connect silently, so check access here to say why.
@@ -99,8 +106,8 @@ class Client:
 
         sock = self._connect()
         request_id = next(self._request_ids)
-        params.update(id=request_id, op=op)
-        sock.send(protocol.encode(params))
+        message = {"id": request_id, "op": op, **params}  # id first: see the size check in control.py
+        sock.send(protocol.encode(message))
 
         timeout_s = self.connect_timeout if reply_timeout is None else reply_timeout
         deadline = time.monotonic() + timeout_s
@@ -114,7 +121,7 @@ class Client:
                     self.address,
                 )
             reply = protocol.decode(sock.recv())
-            if reply.get("id") != request_id:
+            if reply.get("id") != request_id and not (reply.get("id") is None and not reply.get("ok")):
                 continue  # A late reply to an earlier request that timed out.
             if reply.get("ok"):
                 return reply.get("data")

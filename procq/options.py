@@ -23,6 +23,11 @@ WIRE_KEYS = frozenset({
     "name", "args", "kwargs", "queue", "timeout_s", "deadline_at", "grace_s", "max_retry",
     "max_memory", "task_id", "process_in_s", "process_at", "retention_s",
 })
+# Limits that keep every value storable in SQLite and convertible to a datetime.
+MAX_DURATION_S = 100 * 365 * 86400.0          # 100 years
+MAX_TIMESTAMP = 253402300799.0                # 9999-12-31T23:59:59Z
+MAX_RETRY = 1_000_000
+MAX_MEMORY_BYTES = 1 << 62
 # Task ids and queue names appear in logs, tables and file names: keep them printable.
 _IDENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/+=-]{0,199}$")
 
@@ -41,6 +46,8 @@ def duration_seconds(option: str, value: Any) -> float | None:
         )
     if not math.isfinite(seconds) or seconds <= 0:
         raise InvalidTask(f"invalid {option}: {value!r}; it must be a positive duration")
+    if seconds > MAX_DURATION_S:
+        raise InvalidTask(f"invalid {option}: {value!r} is over 100 years")
     return seconds
 
 
@@ -155,8 +162,9 @@ def check_request(request: Any, *, now: float | None = None) -> dict[str, Any]:
     for option in ("deadline_at", "process_at"):
         value = request.get(option)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not math.isfinite(value)):
-            raise InvalidTask(f"invalid {option}: {value!r}; expected POSIX seconds")
+                                  or not math.isfinite(value) or not 0 <= value <= MAX_TIMESTAMP):
+            raise InvalidTask(f"invalid {option}: {value!r}; expected POSIX seconds between 0 and "
+                              f"{MAX_TIMESTAMP:.0f} (year 9999)")
     deadline_at = request.get("deadline_at")
     if deadline_at is not None and deadline_at <= now:
         raise InvalidTask(f"invalid deadline: {deadline_at!r} is already past; give a time in the future")
@@ -164,11 +172,14 @@ def check_request(request: Any, *, now: float | None = None) -> dict[str, Any]:
         raise InvalidTask("invalid process_in/process_at: give at most one of them")
 
     max_retry = request.get("max_retry")
-    if max_retry is not None and (isinstance(max_retry, bool) or not isinstance(max_retry, int) or max_retry < 0):
-        raise InvalidTask(f"invalid max_retry: {max_retry!r}; expected an integer >= 0")
+    if max_retry is not None and (isinstance(max_retry, bool) or not isinstance(max_retry, int)
+                                  or not 0 <= max_retry <= MAX_RETRY):
+        raise InvalidTask(f"invalid max_retry: {max_retry!r}; expected an integer from 0 to {MAX_RETRY}")
     max_memory = request.get("max_memory")
-    if max_memory is not None and (isinstance(max_memory, bool) or not isinstance(max_memory, int) or max_memory <= 0):
-        raise InvalidTask(f"invalid max_memory: {max_memory!r}; expected a positive number of bytes")
+    if max_memory is not None and (isinstance(max_memory, bool) or not isinstance(max_memory, int)
+                                   or not 0 < max_memory <= MAX_MEMORY_BYTES):
+        raise InvalidTask(f"invalid max_memory: {max_memory!r}; expected a positive number of bytes "
+                          f"up to {MAX_MEMORY_BYTES}")
     return request
 
 
@@ -177,3 +188,6 @@ def _positive_number(option: str, value: Any) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise InvalidTask(f"invalid {option}: {value!r}; it must be a positive number of seconds")
+    if value > MAX_DURATION_S:
+        raise InvalidTask(f"invalid {option}: {value!r} seconds is over 100 years; "
+                          "use procq.NO_TIMEOUT (CLI: --timeout none) for no limit")

@@ -30,7 +30,16 @@ _ERROR_TYPES = {
 
 
 def encode(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    """Encode a message as JSON. ASCII escapes keep lone surrogates encodable; NaN raises ValueError."""
+    return json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
+
+
+def clean_text(text: str, max_chars: int | None = None) -> str:
+    """Return `text` with lone surrogates escaped (SQLite and UTF-8 reject them), cut to `max_chars`."""
+    cleaned = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if max_chars is not None and len(cleaned) > max_chars:
+        cleaned = cleaned[:max_chars] + f"... [cut at {max_chars} characters]"
+    return cleaned
 
 
 def decode(frame: bytes) -> dict[str, Any]:

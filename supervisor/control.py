@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import time
 from typing import Any
 
@@ -36,10 +37,13 @@ def handle(supervisor, frames: list[bytes]) -> None:
         body = body_frames[0]
         limit = supervisor.config.max_payload + ENVELOPE_BYTES
         if len(body) > limit:
+            # Still tell the client which request this is: procq's client sends the id first.
+            match = _LEADING_ID.match(body[:64])
+            request_id = int(match.group(1)) if match else None
             raise ProtocolError(f"message of {len(body)} bytes is over the limit of {limit} bytes "
-                                f"(--max-payload plus {ENVELOPE_BYTES} bytes)")
+                                f"(--max-payload plus {ENVELOPE_BYTES} bytes); pass large data by reference")
         request = protocol.decode(body)
-        request_id = request.get("id")
+        request_id = _request_id(request.get("id"))
         op = request.get("op")
         handler = _OPERATIONS.get(op) if isinstance(op, str) else None
         if handler is None:
@@ -58,6 +62,18 @@ def handle(supervisor, frames: list[bytes]) -> None:
 
 
 _DEFERRED = object()
+_LEADING_ID = re.compile(rb'^\{"id":(\d{1,18})[,}]')
+
+
+def _request_id(value: Any) -> Any:
+    """Return a request id that can be echoed back: an integer or a short string, else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and abs(value) < 2 ** 53:
+        return value
+    if isinstance(value, str) and len(value) <= 200:
+        return protocol.clean_text(value)
+    return None
 
 
 def _task_id(request: dict, key: str = "task_id") -> str:

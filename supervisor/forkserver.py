@@ -86,7 +86,10 @@ class ForkServer:
                     self._drain_wakeups()
                     self._reap()
                     continue
-                message, fds = channel.receive(self.sock)
+                try:
+                    message, fds = channel.receive(self.sock)
+                except OSError:
+                    message, fds = None, []  # The supervisor went away: same as a closed channel.
                 if message is None or message.get("op") == "exit":
                     self._kill_children()
                     return 0

@@ -27,6 +27,7 @@ from procq.supervisor.pool import (BUSY, DEAD, IDLE, RETIRING, STARTING, STOPPIN
                                    WorkerHandle)
 from procq.supervisor.tasks import TaskBook
 from procq.supervisor.waiters import Waiter, Waiters
+from procq.supervisor.worker import MARKER_VARIABLE
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class Supervisor:
         self.next_sample_mono = 0.0
         self.next_purge_mono = clock.monotonic() + config.purge_interval_s
         self.next_extend_mono = 0.0
+        self.next_db_check_mono = 0.0
         self.stops = {"soft": 0, "kill": 0}
 
     # == the loop ======================================================================
@@ -110,6 +112,7 @@ class Supervisor:
             self.advance_shutdown()
             self.commit_and_send()
             self.notify_systemd()
+            self.check_database_file()
             self.purge_old_tasks()
         return self.exit_code
 
@@ -474,7 +477,13 @@ class Supervisor:
             control.handle(self, frames)
 
     def reply(self, identity: bytes, envelope: bool, message: dict) -> None:
-        frames = [identity, b"", protocol.encode(message)] if envelope else [identity, protocol.encode(message)]
+        try:
+            body = protocol.encode(message)
+        except (TypeError, ValueError) as exc:
+            log.error("reply to request %r could not be encoded: %s", message.get("id"), exc)
+            error = protocol.errors.ProtocolError(f"the reply could not be encoded as JSON: {exc}")
+            body = protocol.encode(protocol.error_reply(None, error))
+        frames = [identity, b"", body] if envelope else [identity, body]
         self.outbox.append((self.control_socket, frames))
 
     # == time limits ===================================================================
@@ -543,6 +552,10 @@ class Supervisor:
                 continue
             if worker.cgroup is None and now - attempt.started_mono >= SAMPLE_INTERVAL_S:
                 attempt.seen |= proctree.descendants(worker.pid)
+                if attempt.max_memory is not None:
+                    # Daemonized children left the worker's tree; their marker still names the attempt.
+                    marker = f"{worker.marker}/{attempt.task_id}/{attempt.run}"
+                    attempt.seen |= proctree.marked(MARKER_VARIABLE, marker)
             if attempt.max_memory is None or attempt.stop_reason is not None:
                 continue
             extra = set(attempt.seen)
@@ -729,6 +742,16 @@ class Supervisor:
         if self.consecutive_failures:
             line += f"; workers failing to start ({self.consecutive_failures} in a row): {(self.last_worker_error or '').splitlines()[0]}"
         return line
+
+    def check_database_file(self) -> None:
+        """Warn loudly if the database file was deleted or replaced while the supervisor uses it."""
+        now = self.clock.monotonic()
+        if now < self.next_db_check_mono:
+            return
+        self.next_db_check_mono = now + 60.0
+        problem = self.store.file_problem()
+        if problem:
+            log.critical("%s", problem)
 
     def purge_old_tasks(self) -> None:
         now = self.clock.monotonic()

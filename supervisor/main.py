@@ -37,7 +37,7 @@ class StartError(Exception):
 
 def lock_file(path: str, what: str):
     """Take an exclusive lockf lock on `path`, or raise StartError naming the holder's path."""
-    handle = open(path, "a+")
+    handle = open(path, "a+")  # OSError here is reported by the caller
     try:
         fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -130,10 +130,14 @@ def run(config: SupervisorConfig) -> int:
     try:
         first_server = pool.fork_initial_server()
         _raise_priority()
-        prepare_socket_dir(socket_path)
-        os.makedirs(os.path.dirname(db_path), mode=0o750, exist_ok=True)
-        locks.append(lock_file(db_path + ".lock", f"database {db_path}"))
-        locks.append(lock_file(socket_path + ".lock", f"socket {socket_path}"))
+        try:
+            prepare_socket_dir(socket_path)
+            os.makedirs(os.path.dirname(db_path), mode=0o750, exist_ok=True)
+            locks.append(lock_file(db_path + ".lock", f"database {db_path}"))
+            locks.append(lock_file(socket_path + ".lock", f"socket {socket_path}"))
+        except OSError as exc:
+            raise StartError(f"cannot prepare {exc.filename or 'the state directories'}: {exc.strerror}; "
+                             "choose a writable --db and --socket, or fix the directory's permissions") from None
         store = SQLiteStore(db_path, config.sync)
 
         ready = wait_for_fork_server(first_server, config.worker_start_timeout_s)

@@ -10,11 +10,13 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import math
 import os
 import random
 from typing import Any
 
 from procq import options, states
+from procq.protocol import clean_text
 from procq.errors import DuplicateTask, InvalidTask, PayloadTooLarge
 from procq.store.sqlite import task_dict_from_row
 from procq.supervisor.attempt import Attempt
@@ -105,6 +107,8 @@ class TaskBook:
             seen.add(row["id"])
             rows.append(row)
 
+        # Build the replies first: a value that cannot be shown must fail before anything is stored.
+        replies = [task_dict_from_row(_RowView(row), []) for row in rows]
         self.store.insert_tasks_atomically(rows)
         for row in rows:
             deadline_mono = None if row["deadline_at"] is None else self.clock.to_monotonic(row["deadline_at"])
@@ -113,7 +117,7 @@ class TaskBook:
             else:
                 self.dispatcher.add_delayed(row["id"], self.clock.to_monotonic(row["scheduled_at"]))
             self.dispatcher.watch_deadline(row["id"], deadline_mono)
-        return [task_dict_from_row(_RowView(row), []) for row in rows]
+        return replies
 
     def _new_row(self, request: Any) -> dict[str, Any]:
         now = self.clock.time()
@@ -257,8 +261,14 @@ class TaskBook:
         self.dispatcher.add_delayed(task_id, self.clock.monotonic() + delay_s)
 
     def record_progress(self, attempt: Attempt, message: dict[str, Any]) -> None:
-        progress = {"done": message.get("done"), "total": message.get("total"),
-                    "message": message.get("message"), "updated_at": _iso(self.clock.time())}
+        done, total, text = message.get("done"), message.get("total"), message.get("message")
+        if not _finite_or_none(done) or not _finite_or_none(total):
+            log.warning("task %s: progress update ignored: done=%r total=%r are not finite numbers",
+                        attempt.task_id, done, total)
+            return
+        if text is not None:
+            text = clean_text(str(text), 1000)
+        progress = {"done": done, "total": total, "message": text, "updated_at": _iso(self.clock.time())}
         self.store.update_task(attempt.task_id, progress=json.dumps(progress))
 
     def finish_attempt(self, attempt: Attempt, outcome: str, *, result_json: str | None = None,
@@ -269,6 +279,8 @@ class TaskBook:
         now = self.clock.time()
         attempt.done = True
         self.active.pop(attempt.task_id, None)
+        if error is not None:
+            error = clean_text(error, 64 * 1024)
         self.store.update_attempt(
             attempt.task_id, attempt.run, finished_at=now, outcome=outcome,
             counted=0 if outcome == states.SHUTDOWN else 1,
@@ -325,6 +337,12 @@ class TaskBook:
         self.store.update_task(task_id, state=state, outcome=outcome, finished_at=now, **fields)
         self.finalized.append(task_id)
         self.finish_times.append(self.clock.monotonic())
+
+
+def _finite_or_none(value: Any) -> bool:
+    if value is None:
+        return True
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class _RowView(dict):

@@ -23,6 +23,7 @@ import traceback
 from typing import Any
 
 from procq.context import Context, TaskCancelled
+from procq.protocol import clean_text
 from procq.supervisor import procfs
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 SOFT_SIGNAL = signal.SIGUSR1
 # Environment variable set for each attempt, so descendants can be found after they escape.
 MARKER_VARIABLE = "PROCQ_ATTEMPT"
+MAX_ERROR_CHARS = 64 * 1024
+MAX_PROGRESS_MESSAGE_CHARS = 1000
 
 
 class _StrayTermination:
@@ -239,20 +242,25 @@ class Worker:
         return retire
 
     def _send_progress(self, key: tuple[str, int], update: dict[str, Any]) -> None:
+        text = update["message"]
+        if text is not None:
+            text = clean_text(str(text), MAX_PROGRESS_MESSAGE_CHARS)
         message = {"t": "progress", "id": key[0], "run": key[1], "done": update["done"],
-                   "total": update["total"], "message": update["message"]}
+                   "total": update["total"], "message": text}
         try:
-            self.send(message)
+            self.sock.send(json.dumps(message, separators=(",", ":"), allow_nan=False).encode())
         except (TypeError, ValueError) as exc:
-            log.warning("task %s: progress update dropped, not JSON-serializable: %s", key[0], exc)
+            log.warning("task %s: progress update dropped: done and total must be finite numbers "
+                        "or None (%s)", key[0], exc)
 
 
 def _format_exception(exc: BaseException) -> str:
     """Format an exception as text; exception objects never leave the worker."""
     try:
-        return "".join(traceback.format_exception(exc))
+        text = "".join(traceback.format_exception(exc))
     except BaseException as problem:  # A broken __str__ or __repr__ must not lose the report.
-        return f"{type(exc).__module__}.{type(exc).__qualname__} (its message could not be formatted: {problem!r})"
+        text = f"{type(exc).__module__}.{type(exc).__qualname__} (its message could not be formatted: {problem!r})"
+    return clean_text(text, MAX_ERROR_CHARS)
 
 
 def _encode_result(value: Any, max_payload: int) -> tuple[str | None, str | None]:

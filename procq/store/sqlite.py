@@ -125,6 +125,8 @@ class SQLiteStore:
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._migrate()
+            stat = os.stat(self.path)
+            self._identity = (stat.st_dev, stat.st_ino)
         except sqlite3.DatabaseError as exc:
             raise StoreError(
                 f"cannot use database {self.path}: {exc}. The file is left untouched; move it "
@@ -132,6 +134,33 @@ class SQLiteStore:
             ) from None
         except OSError as exc:
             raise StoreError(f"cannot open database {self.path}: {exc}") from None
+
+    def file_problem(self) -> str | None:
+        """Return a message if the database file was deleted or replaced since it was opened."""
+        try:
+            current = os.stat(self.path)
+        except FileNotFoundError:
+            current = None
+        if current is not None and (current.st_dev, current.st_ino) == self._identity:
+            return None
+        descriptor = self._open_descriptor()
+        where = f" (still open as /proc/{os.getpid()}/fd/{descriptor})" if descriptor else ""
+        return (f"database {self.path} was deleted or replaced while in use: new tasks go to the "
+                f"old file{where}, which is lost when the supervisor stops. Copy it back to "
+                f"{self.path} before stopping the supervisor")
+
+    def _open_descriptor(self) -> int | None:
+        try:
+            for name in os.listdir("/proc/self/fd"):
+                try:
+                    target = os.readlink(f"/proc/self/fd/{name}")
+                except OSError:
+                    continue
+                if target.startswith(self.path) and target.endswith("(deleted)"):
+                    return int(name)
+        except OSError:
+            pass
+        return None
 
     # -- schema -----------------------------------------------------------------------
 

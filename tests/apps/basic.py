@@ -218,3 +218,23 @@ def enqueue_follow_up(ctx, value):
     """Enqueue an echo task from inside a handler and return its id."""
     with procq.Client() as client:
         return client.enqueue("echo", [value]).id
+
+
+@app.task("surrogate_result")
+def surrogate_result(ctx):
+    """Return a string with a lone surrogate, as os.listdir gives for a file name that is not UTF-8."""
+    return "name-\udcff"
+
+
+@app.task("surrogate_error")
+def surrogate_error(ctx):
+    raise ValueError("bad name \udcff")
+
+
+@app.task("bad_progress")
+def bad_progress(ctx):
+    ctx.progress(float("nan"), 10, "nan progress")
+    ctx.flush_progress()
+    ctx.progress(1, 10, "message \udcff" + "x" * 5000)
+    ctx.flush_progress()
+    return "done"
