@@ -73,10 +73,16 @@ class Client:
         return self._socket
 
     def _check_exists(self) -> None:
-        if not os.path.exists(self.address):
-            raise SupervisorUnavailable(
-                f"no procq supervisor socket at {self.address}; start one with `procq supervisor run`, "
-                "or point the client elsewhere with --socket or PROCQ_SOCKET", self.address)
+        # A supervisor that is starting creates its socket within moments, so wait for it
+        # up to the connect timeout before saying that nothing is there.
+        deadline = time.monotonic() + self.connect_timeout
+        while not os.path.exists(self.address):
+            if time.monotonic() >= deadline:
+                raise SupervisorUnavailable(
+                    f"no procq supervisor socket at {self.address} after {self.connect_timeout:g} s; "
+                    "start one with `procq supervisor run`, or point the client elsewhere with "
+                    "--socket or PROCQ_SOCKET", self.address)
+            time.sleep(0.05)
 
     def _check_permission(self) -> None:
         # ZeroMQ retries a refused ipc connect silently, so check access here to say why.

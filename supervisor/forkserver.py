@@ -30,6 +30,9 @@ from procq.supervisor import channel, prctl
 
 log = logging.getLogger(__name__)
 
+# The nice value workers run at: the supervisor's own before it raised its priority.
+WORKER_NICE_VARIABLE = "PROCQ_WORKER_NICE"
+
 
 def load_app(spec: str):
     """Import `module:attribute` and return the procq.App it names."""
@@ -59,6 +62,7 @@ class ForkServer:
         self.app_spec = app_spec
         self.app = None
         self.workers: dict[int, str] = {}  # pid -> worker id
+        self.worker_nice = int(os.environ.get(WORKER_NICE_VARIABLE, os.getpriority(os.PRIO_PROCESS, 0)))
         self.wake_read, self.wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def serve(self) -> int:
@@ -145,6 +149,8 @@ class ForkServer:
         try:
             parent = os.getppid()
             os.setpgid(0, 0)
+            if os.getpriority(os.PRIO_PROCESS, 0) != self.worker_nice:
+                os.setpriority(os.PRIO_PROCESS, 0, self.worker_nice)
             if request.get("cgroup"):
                 # Join first, so that every process this worker ever starts is inside the group.
                 with open(os.path.join(request["cgroup"], "cgroup.procs"), "w") as procs:
@@ -204,7 +210,14 @@ def serve(sock, app_spec: str, supervisor_pid: int) -> int:
     """Run a fork server on `sock` until the supervisor sends exit or closes the channel."""
     prctl.die_with_parent(supervisor_pid)
     prctl.become_subreaper()
-    return ForkServer(sock, app_spec).serve()
+    server = ForkServer(sock, app_spec)
+    # Like the supervisor, reap and report ahead of busy workers where permitted; each
+    # worker goes back to the supervisor's original priority right after the fork.
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, server.worker_nice - 5)
+    except OSError:
+        pass
+    return server.serve()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -123,6 +123,9 @@ def run(config: SupervisorConfig) -> int:
     private_dir = tempfile.mkdtemp(prefix="procq-")
     workers_endpoint = f"ipc://{private_dir}/workers.sock"
 
+    from procq.supervisor.forkserver import WORKER_NICE_VARIABLE
+
+    os.environ.setdefault(WORKER_NICE_VARIABLE, str(os.getpriority(os.PRIO_PROCESS, 0)))
     cgroups = _open_cgroups(config)
     pool = Pool(config.app, workers_endpoint, f"{store_key}/{run_id}", config.max_payload, cgroups)
     wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
