@@ -78,7 +78,11 @@ def wait_for_fork_server(handle, timeout_s: float) -> dict:
 
 
 def kill_leftovers(store_key: str, cgroups, current_run: str) -> None:
-    """Kill processes that an earlier run on this database left behind."""
+    """Kill processes that an earlier run on this database left behind.
+
+    NOTE: until this runs, such processes (handler children outside the PDEATHSIG chain)
+    keep running after a crash of the supervisor.
+    """
     from procq.supervisor import proctree
     from procq.supervisor.worker import MARKER_VARIABLE
 

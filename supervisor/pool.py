@@ -309,7 +309,11 @@ class Pool:
             return False
 
     def _attributed(self, worker: WorkerHandle, attempt: Attempt | None):
-        """Return every live process attributed to a worker, for workers without a cgroup."""
+        """Return every live process attributed to a worker, for workers without a cgroup.
+
+        NOTE: a descendant that forks without exec, leaves the process group and the worker's
+        tree between two samples carries no marker in /proc/PID/environ and is missed here.
+        """
         found = proctree.marked_prefix(MARKER_VARIABLE, worker.marker + "/")
         if worker.pid is not None:
             found |= proctree.descendants(worker.pid)

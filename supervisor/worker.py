@@ -296,7 +296,9 @@ def run(app, request: dict[str, Any], stop_fd: int) -> int:
     from procq.supervisor import prctl
 
     prctl.set_process_name("procq-worker")
-    os.dup2(2, 1)  # The handler's stdout goes to the supervisor's stderr, like its stderr.
+    # The handler's stdout goes to the supervisor's stderr, like its stderr.
+    # NOTE: the output is passed through as written, with no task id prefix and no rate limit.
+    os.dup2(2, 1)
     try:
         sys.stdout.reconfigure(line_buffering=True)
     except (AttributeError, ValueError):
