@@ -1,8 +1,8 @@
 """Waiters: control requests held open until a task is final, no task is active, or they expire.
 
 The loop replies to a `wait` or `wait_idle` request at the end of the turn whose
-commit made the reply true. Expiry times live in a heap, so a turn costs
-the same however many clients are waiting.
+commit made the reply true. Expiry times live in a heap, so a turn does
+not scan every waiting client.
 """
 
 from __future__ import annotations
@@ -77,6 +77,3 @@ class Waiters:
         while self._expiry and self._expiry[0][2].answered:
             heapq.heappop(self._expiry)
         return self._expiry[0][0] if self._expiry else None
-
-    def has_idle_waiters(self) -> bool:
-        return any(not waiter.answered for waiter in self._idle)
