@@ -35,14 +35,14 @@ class StartError(Exception):
     """The supervisor cannot start; the message gives the reason and the fix."""
 
 
-def lock_file(path: str, what: str):
-    """Take an exclusive lockf lock on `path`, or raise StartError naming the holder's path."""
+def lock_file(path: str, resource: str):
+    """Take an exclusive lockf lock on `path`, or raise StartError naming the locked resource."""
     handle = open(path, "a+")  # OSError here is reported by the caller
     try:
         fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         handle.close()
-        raise StartError(f"another supervisor is already using {what} (lock {path} is held); "
+        raise StartError(f"another supervisor is already using {resource} (lock {path} is held); "
                          "stop it first or choose another path") from None
     return handle
 

@@ -2,8 +2,8 @@
 
 A worker requests work by reporting `ready` or a result, and the supervisor sends it
 at most one task at a time. A stop arrives as a record in the worker's stop pipe
-followed by the soft signal (SIGUSR1): the record says which attempt and why, so a
-late signal for an attempt that already ended is recognised and dropped.
+followed by the soft signal (SIGUSR1). The record names the attempt and the reason,
+so a late signal for an attempt that already ended is recognised and dropped.
 
 The soft signal is blocked whenever the worker is not running a handler. A signal
 that arrives while blocked stays pending, and the worker discards it with
