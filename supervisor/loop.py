@@ -728,9 +728,13 @@ class Supervisor:
         self.notifier.watchdog_if_due()
         now = self.clock.monotonic()
         if self.shutdown_started is not None and not self.finished and now >= self.next_extend_mono:
-            # The stop is within its configured bounds: ask systemd for time to finish it.
+            # Ask systemd for the time the stop may still take within its configured bounds:
+            # the shutdown timeout, then the longest grace, then a margin to reap and commit.
+            # A stop that overruns them gets no more extensions.
             self.next_extend_mono = now + 1.0
-            self.notifier.extend_timeout(self.config.shutdown_timeout_s + self.config.max_grace_s + 5)
+            bound = self.shutdown_started + self.config.shutdown_timeout_s + self.config.max_grace_s + 5.0
+            if bound > now:
+                self.notifier.extend_timeout(bound - now)
 
     def status_line(self) -> str:
         workers = self.pool.live_workers()

@@ -626,3 +626,24 @@ def test_journal_stream_gets_priority_prefixes(start_supervisor, tmpdir_short):
         assert not re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", line), line
     assert any(line.startswith("<6>INFO procq.supervisor.loop: supervisor ") for line in lines)
     assert any(line.startswith("<7>DEBUG ") for line in lines)
+
+
+def test_notify_extends_timeout_during_stop(start_supervisor, notify_listener):
+    listener = notify_listener("path")
+    supervisor = start_supervisor(workers=1, env={"NOTIFY_SOCKET": listener.notify_socket},
+                                  extra_args=("--shutdown-timeout", "2", "--max-grace", "1"))
+    listener.wait_for_field("READY", "1")
+    client = supervisor.client()
+    task = client.enqueue("slow_cancel_aware", [60])
+    wait_for(lambda: client.get(task.id).state == "active", message="the task to start")
+
+    before_stop = len(listener.snapshot())
+    supervisor.process.send_signal(signal.SIGTERM)
+    assert supervisor.process.wait(30) == 0
+
+    extensions = [int(fields["EXTEND_TIMEOUT_USEC"]) for _received, fields in listener.snapshot()[before_stop:]
+                  if "EXTEND_TIMEOUT_USEC" in fields]
+    assert extensions
+    # Never more than shutdown timeout + max grace + the 5 s margin, and shrinking as the stop goes on.
+    assert max(extensions) <= 8_000_000
+    assert extensions == sorted(extensions, reverse=True)
