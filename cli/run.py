@@ -26,7 +26,7 @@ class _ByteSize(click.ParamType):
 @click.command("run")
 @click.option("--app", envvar="PROCQ_APP", required=True, metavar="MODULE:ATTR",
               help="The application: an importable module and the procq.App in it, e.g. myapp.tasks:app.")
-@click.option("--workers", envvar="PROCQ_WORKERS", type=click.IntRange(min=1), default=None,
+@click.option("--workers", envvar="PROCQ_WORKERS", type=click.IntRange(min=1, max=4096), default=None,
               help="Number of worker processes.  [default: CPU count]")
 @click.option("--socket", "socket_", envvar="PROCQ_SOCKET", metavar="ADDR", default=None,
               help="Control socket: a path or ipc:// URL.  [default: /run/procq/procq.sock as root, "
@@ -67,6 +67,8 @@ def run_command(app, workers, socket_, db, queues, strict_priority, max_tasks_pe
     from procq.supervisor.main import run
 
     configure_logging(log_level)
+    if max_payload < 1024:
+        raise click.BadParameter(f"{max_payload} bytes is too small; give at least 1K", param_hint="--max-payload")
     try:
         weights = parse_queues(queues)
     except ValueError as exc:
