@@ -78,7 +78,7 @@ def test_unpicklable_exception_and_bad_result(client):
 
 
 def test_result_over_max_payload(start_supervisor):
-    supervisor = start_supervisor(extra_args=("--max-payload", "1000"))
+    supervisor = start_supervisor(extra_args=("--max-payload", "1K"))
     client = supervisor.client()
     done = client.wait(client.enqueue("big_result", [5000]).id, timeout=20)
     assert done.outcome == "result_invalid"
