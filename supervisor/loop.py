@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import signal
 import time
@@ -152,7 +153,9 @@ class Supervisor:
                 candidates.append(worker.spawned_mono + self.config.worker_start_timeout_s)
         if self.outbox:
             candidates.append(now)
-        return max(0, int((min(candidates) - now) * 1000) + 1)
+        # Round up to whole milliseconds: waking early costs one extra turn, waking late
+        # makes a soft signal or SIGKILL late.
+        return max(0, math.ceil((min(candidates) - now) * 1000))
 
     # == signals =======================================================================
 
