@@ -32,6 +32,8 @@ def parse_duration(text: str) -> float:
     """Return the seconds in `90`, `1.5s`, `250ms`, `5m`, `2h` or `7d`, which must be > 0."""
     match = re.match(_DURATION, text, re.IGNORECASE)
     if match is None:
+        if text.strip().startswith("-"):
+            raise ValueError(f"{text!r} is negative; a duration must be positive: {DURATION_HELP}")
         raise ValueError(f"{text!r} is not a duration; expected {DURATION_HELP}")
     number, unit = match.groups()
     seconds = float(number) * DURATION_UNITS_S[(unit or "s").lower()]

@@ -130,7 +130,8 @@ def delete_command(task_ids: tuple[str, ...], state_filter: str | None, older_th
     else:
         for task_id in deleted:
             click.echo(task_id)
-        click.echo(f"deleted {len(deleted)} task{'s' if len(deleted) != 1 else ''}", err=True)
+        if deleted or not failed:
+            click.echo(f"deleted {len(deleted)} task{'s' if len(deleted) != 1 else ''}", err=True)
     if failed:
         ctx.exit(EXIT_FAILED)
 
