@@ -18,7 +18,7 @@ from procq.cli.parse import State
 from procq.cli.task_cmds import complete_task_id, json_option, list_all
 
 if TYPE_CHECKING:
-    from procq.taskinfo import CancelResult, TaskInfo
+    from procq.taskinfo import CancelResult
 
 UNFINISHED_STATES = tuple(state for state in states.STATES if state not in states.FINAL_STATES)
 
@@ -55,14 +55,6 @@ def cancel_message(result: CancelResult) -> str:
     return prefix + f"cancelled (was {result.previous_state})"
 
 
-def stopped_by(task: TaskInfo) -> str:
-    """Return how a task's last attempt was stopped: `none`, `soft` or `kill`."""
-    attempt = task.attempts[-1] if task.attempts else None
-    if attempt is None or attempt.soft_signal_at is None:
-        return "none"
-    return "kill" if attempt.kill_at is not None else "soft"
-
-
 @click.command("cancel")
 @click.argument("task_ids", metavar="[ID]...", nargs=-1, shell_complete=complete_task_id)
 @click.option("--queue", "-q", metavar="Q", help="Cancel every unfinished task in this queue.")
@@ -81,7 +73,7 @@ def cancel_command(task_ids: tuple[str, ...], queue: str | None, state_filter: s
     stopped. Cancelling a task that is already final changes nothing and succeeds.
     """
     from procq.errors import TaskNotFound
-    from procq.taskinfo import CancelResult
+    from procq.taskinfo import CancelResult, stopped_by
 
     ctx = click.get_current_context()
     if task_ids and (queue or state_filter):
@@ -91,8 +83,8 @@ def cancel_command(task_ids: tuple[str, ...], queue: str | None, state_filter: s
 
     client = get_client()
     if not task_ids:
-        wanted_states = [state_filter] if state_filter else list(UNFINISHED_STATES)
-        task_ids = tuple(task.id for task in list_all(client, queue=queue, state=wanted_states))
+        target_states = [state_filter] if state_filter else list(UNFINISHED_STATES)
+        task_ids = tuple(task.id for task in list_all(client, queue=queue, state=target_states))
         if not task_ids:
             click.echo("no tasks match", err=True)
 

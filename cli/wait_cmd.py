@@ -28,7 +28,7 @@ class ProgressLine:
 
     def __init__(self, stream):
         self.stream = stream
-        self.shown = False
+        self.bar_visible = False
 
     def update(self, task: TaskInfo) -> None:
         if not task.progress:
@@ -37,13 +37,13 @@ class ProgressLine:
         width = output.terminal_width() - 1
         self.stream.write("\r\033[K" + output.truncate(text, width, output.ellipsis_mark()))
         self.stream.flush()
-        self.shown = True
+        self.bar_visible = True
 
     def clear(self) -> None:
-        if self.shown:
+        if self.bar_visible:
             self.stream.write("\r\033[K")
             self.stream.flush()
-            self.shown = False
+            self.bar_visible = False
 
 
 def wait_for_task(client: Client, task_id: str, timeout_s: float | None) -> TaskInfo:

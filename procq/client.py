@@ -17,7 +17,7 @@ from typing import Any, Iterable
 from procq import addresses, options, protocol
 from procq.errors import (InvalidTask, PermissionDenied, ProcqError, SupervisorUnavailable,
                           WaitTimeout)
-from procq.taskinfo import CancelResult, TaskInfo
+from procq.taskinfo import CancelResult, TaskInfo, stopped_by
 
 # Maximum time the supervisor keeps one wait request open, in seconds. Longer waits repeat it.
 MAX_HOLD_S = 10.0
@@ -223,11 +223,7 @@ class Client:
                               data["already_final"], data["stopped_by"])
         if wait and not result.task.is_final:
             task = self.wait(task_id)
-            attempt = task.attempts[-1] if task.attempts else None
-            stopped_by = "none"
-            if attempt is not None and attempt.soft_signal_at is not None:
-                stopped_by = "kill" if attempt.kill_at is not None else "soft"
-            result = CancelResult(task, result.previous_state, False, stopped_by)
+            result = CancelResult(task, result.previous_state, False, stopped_by(task))
         return result
 
     def delete(self, task_ids: Iterable[str]) -> list[str]:

@@ -131,6 +131,14 @@ class TaskInfo:
         return cls(**values)
 
 
+def stopped_by(task: TaskInfo) -> str:
+    """Return how a task's last attempt was stopped: `none`, `soft` or `kill`."""
+    attempt = task.attempts[-1] if task.attempts else None
+    if attempt is None or attempt.soft_signal_at is None:
+        return "none"
+    return "kill" if attempt.kill_at is not None else "soft"
+
+
 @dataclasses.dataclass
 class CancelResult:
     """The outcome of a cancel: the task after it, its state before, and how it was stopped.

@@ -71,5 +71,4 @@ class SupervisorConfig:
     worker_start_timeout_s: float = 30.0
     # Where cgroup v2 is usable, each worker gets its own group; False forces the fallback.
     use_cgroups: bool = True
-    memory_interval_s: float = 0.1
     purge_interval_s: float = 60.0

@@ -219,19 +219,23 @@ def op_queues(supervisor, request, identity, envelope):
     } for name in sorted(names)]
 
 
-def op_pause_queue(supervisor, request, identity, envelope):
+def _set_paused(supervisor, request, paused: bool) -> None:
     name = _queue_name(request)
-    supervisor.store.set_queue_paused(name, True)
-    supervisor.dispatcher.paused.add(name)
-    log.info("queue %s paused", name)
+    supervisor.store.set_queue_paused(name, paused)
+    if paused:
+        supervisor.dispatcher.paused.add(name)
+    else:
+        supervisor.dispatcher.paused.discard(name)
+    log.info("queue %s %s", name, "paused" if paused else "resumed")
+
+
+def op_pause_queue(supervisor, request, identity, envelope):
+    _set_paused(supervisor, request, True)
     return None
 
 
 def op_resume_queue(supervisor, request, identity, envelope):
-    name = _queue_name(request)
-    supervisor.store.set_queue_paused(name, False)
-    supervisor.dispatcher.paused.discard(name)
-    log.info("queue %s resumed", name)
+    _set_paused(supervisor, request, False)
     return None
 
 

@@ -87,7 +87,6 @@ class Supervisor:
         self.next_purge_mono = clock.monotonic() + config.purge_interval_s
         self.next_extend_mono = 0.0
         self.next_db_check_mono = 0.0
-        self.stops = {"soft": 0, "kill": 0}
 
     # == the loop ======================================================================
 
@@ -408,7 +407,6 @@ class Supervisor:
         if worker.state in (DEAD, RETIRING):
             return  # Its exit or retirement was handled already; a late ready changes nothing.
         worker.ever_ready = True
-        worker.ready_mono = self.clock.monotonic()
         self.consecutive_failures = 0
         self.next_spawn_mono = 0.0
         if worker.generation != self.pool.current_generation or self.shutdown_started is not None:
@@ -518,7 +516,6 @@ class Supervisor:
         self.enforcer.schedule(attempt.kill_target_mono, KILL, attempt)
         self.store.update_attempt(attempt.task_id, attempt.run, soft_signal_at=now,
                                   soft_lateness_s=attempt.soft_lateness_s)
-        self.stops["soft"] += 1
         log.info("task %s: soft signal (%s) sent to worker %s, %.1f ms after its target; SIGKILL in %.3f s%s",
                  attempt.task_id, reason, worker.pid, attempt.soft_lateness_s * 1000, grace_s,
                  "" if delivered else " (worker already exiting)")
@@ -535,7 +532,6 @@ class Supervisor:
         attempt.children_killed += killed
         self.store.update_attempt(attempt.task_id, attempt.run, kill_at=attempt.kill_at,
                                   kill_lateness_s=attempt.kill_lateness_s)
-        self.stops["kill"] += 1
         log.warning("task %s: worker %s still running %.3f s after the soft signal (%s); "
                     "SIGKILL sent to it and %d other processes, %.1f ms after its target",
                     attempt.task_id, worker.pid, attempt.grace_s, attempt.stop_reason, killed,
@@ -678,13 +674,13 @@ class Supervisor:
 
     def commit_and_send(self) -> None:
         self.store.commit()
+        self.answer_waiters()
         for sock, frames in self.outbox:
             try:
                 sock.send_multipart(frames, zmq.NOBLOCK)
             except zmq.ZMQError as exc:
                 log.warning("message to %r not delivered: %s", frames[0], exc)
         self.outbox.clear()
-        self.answer_waiters()
 
     def answer_waiters(self) -> None:
         """Reply to held wait and wait_idle requests that this turn's commit resolved or that expired."""
@@ -701,12 +697,6 @@ class Supervisor:
         for waiter in self.waiters.expired(self.clock.monotonic()):
             # A wait that ends without a final task returns null; the client asks again.
             self.reply_to(waiter, None if waiter.task_id is not None else not self.tasks.active)
-        for sock, frames in self.outbox:
-            try:
-                sock.send_multipart(frames, zmq.NOBLOCK)
-            except zmq.ZMQError as exc:
-                log.warning("reply to %r not delivered: %s", frames[0], exc)
-        self.outbox.clear()
 
     def reply_to(self, waiter: Waiter, data: Any) -> None:
         self.reply(waiter.identity, waiter.envelope, {"id": waiter.request_id, "ok": True, "data": data})

@@ -55,7 +55,6 @@ class WorkerHandle:
     create_time: float | None = None
     state: str = SPAWNING
     spawned_mono: float = field(default_factory=time.monotonic)
-    ready_mono: float | None = None
     tasks_done: int = 0
     attempt: Attempt | None = None
     exit_code: int | None = None
@@ -183,11 +182,9 @@ class Pool:
                 handle.process.poll()
                 continue
             try:
-                pid, _status = os.waitpid(handle.pid, os.WNOHANG)
+                os.waitpid(handle.pid, os.WNOHANG)
             except ChildProcessError:
                 continue
-            if pid:
-                handle.pid = handle.pid  # Keep the pid for logs; it is reaped now.
 
     # -- workers ----------------------------------------------------------------------
 

@@ -662,8 +662,8 @@ def test_task_delete_by_id(supervisor):
 def test_task_delete_by_state_older_than(supervisor):
     task_id = enqueue(supervisor, "fail")
     wait_final(supervisor, task_id)
-    kept = run_json(supervisor, "task", "delete", "--state", "failed", "--older-than", "1h")
-    assert task_id not in kept
+    deleted_recent = run_json(supervisor, "task", "delete", "--state", "failed", "--older-than", "1h")
+    assert task_id not in deleted_recent
     assert get_task(supervisor, task_id).state == "failed"
 
     deleted = run_json(supervisor, "task", "delete", "--state", "failed")
